@@ -1,0 +1,145 @@
+"""Command line: ``match IMAGES --out DB`` and the ``matcher`` command group. Thin: parse, call, report."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from matcher.config import available_presets, load_config, parse_override
+from matcher.errors import MatcherError
+
+__all__ = ["main", "match_command"]
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    logger = logging.getLogger("matcher")
+    logger.handlers[:] = []
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
+    logger.propagate = False
+
+
+def _fail(exc: MatcherError) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
+    """Dedicated flags -> config overrides (only the flags that were given)."""
+    mapping = {
+        "max_edge": ("images", "max_edge"),
+        "max_keypoints": ("detection", "max_keypoints"),
+        "upright": ("detection", "upright"),
+        "descriptor": ("descriptor", "name"),
+        "ratio": ("matching", "ratio"),
+        "min_inliers": ("verification", "min_inliers"),
+        "camera_model": ("export", "camera_model"),
+        "single_camera": ("export", "single_camera"),
+        "seed": ("mapping", "seed"),
+    }
+    out: list[dict[str, dict[str, Any]]] = []
+    for flag, (section, key) in mapping.items():
+        value = flags.get(flag)
+        if value is not None and value is not False:
+            out.append({section: {key: value}})
+    if flags.get("model"):
+        out.append({"descriptor": {"name": "sdgmnet", "weights": str(flags["model"])}})
+    if flags.get("overlap") is not None:
+        out.append({"pairs": {"strategy": "sequential", "overlap": flags["overlap"]}})
+    if flags.get("pairs"):
+        out.append({"pairs": {"strategy": "file", "pairs_file": str(flags["pairs"])}})
+    return out
+
+
+_MATCH_HELP = f"""Match the photos under IMAGES and write a COLMAP database to --out.
+
+\b
+Stages: DoG keypoints -> 32x32 patches -> descriptors (rootsift or sdgmnet) ->
+mutual nearest neighbours -> RANSAC (MAGSAC++) -> COLMAP database [-> incremental SfM].
+Features and matches are cached beside the database (NAME.features.h5, NAME.matches.h5) so an
+interrupted run resumes; the merged configuration is saved as NAME.config.toml.
+Presets: {', '.join(available_presets())} (or a TOML file).
+"""
+
+
+@click.command("match", help=_MATCH_HELP)
+@click.argument("images", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="COLMAP database to write.")
+@click.option("--reconstruct", "reconstruct_dir", type=click.Path(path_type=Path), default=None,
+              help="Also run incremental SfM and write the largest model to this folder.")
+@click.option("--pipeline", default="default", show_default=True, help="Preset name or TOML file.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="SDGMNet weights (.pt); implies --descriptor sdgmnet.")
+@click.option("--descriptor", type=click.Choice(["rootsift", "sdgmnet"]), default=None, help="Descriptor to use.")
+@click.option("--max-edge", type=int, default=None, help="Detect on a copy resized to this longer edge (0: full).")
+@click.option("--max-keypoints", type=int, default=None, help="Keypoints kept per image.")
+@click.option("--upright", is_flag=True, default=False, help="Ignore keypoint orientation.")
+@click.option("--overlap", type=int, default=None, help="Sequential pairs: each image with the next N.")
+@click.option("--pairs", type=click.Path(path_type=Path), default=None, help="Pairs file: 'name1 name2' per line.")
+@click.option("--ratio", type=float, default=None, help="Lowe ratio test threshold (0: off).")
+@click.option("--min-inliers", type=int, default=None, help="Inliers needed for a verified pair.")
+@click.option("--camera-model", default=None, help="COLMAP camera model (SIMPLE_RADIAL, PINHOLE, OPENCV, ...).")
+@click.option("--single-camera", is_flag=True, default=False, help="All images share one camera.")
+@click.option("--seed", type=int, default=None, help="Random seed (mapping).")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config value.")
+@click.option("--overwrite", is_flag=True, default=False,
+              help="Replace an existing database (and caches computed with other settings).")
+@click.option("-v", "--verbose", is_flag=True, default=False, help="Log every image and pair.")
+@click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars, errors only.")
+def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipeline: str, sets: tuple[str, ...],
+                  overwrite: bool, verbose: bool, quiet: bool, **flags: Any) -> None:
+    from matcher.pipeline import OutputPaths, run_match
+
+    _setup_logging(verbose, quiet)
+    try:
+        overrides = _overrides(**flags) + [parse_override(s) for s in sets]
+        config = load_config(pipeline, overrides)
+        report = run_match(images, out, config, overwrite=overwrite, reconstruct_dir=reconstruct_dir,
+                           progress=not quiet)
+    except MatcherError as exc:
+        _fail(exc)
+    if not quiet:
+        click.echo(report.format(OutputPaths(out)))
+
+
+@click.command("reconstruct")
+@click.argument("database", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="COLMAP random seed.")
+@click.option("--num-threads", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
+@click.option("--min-model-size", type=int, default=3, show_default=True, help="Smallest model kept.")
+def reconstruct_command(database: Path, images: Path, out: Path, seed: int, num_threads: int,
+                        min_model_size: int) -> None:
+    """Incremental SfM (pycolmap) on DATABASE; the largest model is written to OUT."""
+    from matcher.config import MappingConfig
+    from matcher.reconstruct import reconstruct
+
+    config = MappingConfig(num_threads=num_threads, seed=seed, min_model_size=min_model_size)
+    with tqdm(desc="map", unit="img") as bar:
+        _, summary = reconstruct(database, images, out, config, on_image=lambda: bar.update(1))
+    click.echo(f"reconstruction: {summary.format()}")
+    if summary.registered_images == 0:
+        sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="matcher")
+def main() -> None:
+    """matcher: feature matching for Structure-from-Motion (COLMAP databases)."""
+
+
+main.add_command(match_command)
+main.add_command(reconstruct_command)

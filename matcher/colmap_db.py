@@ -1,0 +1,190 @@
+"""The COLMAP database: the only module that talks to ``pycolmap.Database`` (pycolmap 4.x API).
+
+What is written, for every usable image:
+
+* a camera (``SIMPLE_RADIAL`` by default) from ``pycolmap.infer_camera_from_image``: the EXIF focal length is
+  used when present and flagged ``has_prior_focal_length``; otherwise COLMAP's 1.2 × max(w, h) guess, unflagged;
+* a trivial rig (the camera as reference sensor) and a frame holding the image, for every image or none
+  (a mix crashes the mapper, colmap#3580);
+* keypoints as N×4 ``[x, y, scale, orientation]`` in COLMAP's convention: the top-left pixel's centre is
+  (0.5, 0.5), so +0.5 is added here and only here; scale is the DoG sigma; orientation is COLMAP's (clockwise
+  on screen, the negative of ours);
+* descriptors as COLMAP SIFT-type uint8 (``round(512 · d)`` clipped to 255, COLMAP's own conversion), so
+  COLMAP's matchers and vocabulary trees can still use the database;
+* raw matches of every pair with matches, and a two-view geometry (``UNCALIBRATED`` with F, or
+  ``PLANAR_OR_PANORAMIC`` with H, both converted to COLMAP's pixel convention) for every verified pair.
+
+The file is written under a temporary name and renamed when complete, so a database either is whole or
+does not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pycolmap
+
+from matcher.config import ExportConfig
+from matcher.errors import ConfigError
+from matcher.storage import ImageFeatures, PairMatches
+
+__all__ = ["DatabaseImage", "COLMAP_PIXEL_OFFSET", "write_database", "read_database_summary", "to_colmap_geometry"]
+
+COLMAP_PIXEL_OFFSET = 0.5
+_CONFIG_OF_MODEL = {
+    "fundamental": pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED,
+    "homography": pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC,
+}
+
+
+@dataclass
+class DatabaseImage:
+    """An image to export: its name, file path (for EXIF) and features."""
+
+    name: str
+    path: Path
+    features: ImageFeatures
+
+
+def to_colmap_geometry(model: str, geometry: np.ndarray) -> np.ndarray:
+    """Re-express F or H from our pixel convention (centre of first pixel at 0) in COLMAP's (at 0.5).
+
+    With ``x_ours = x_colmap - 0.5`` written as ``x_ours = T x_colmap``: ``F_colmap = Tᵀ F T`` and
+    ``H_colmap = T⁻¹ H T``.
+    """
+    T = np.array([[1.0, 0.0, -COLMAP_PIXEL_OFFSET], [0.0, 1.0, -COLMAP_PIXEL_OFFSET], [0.0, 0.0, 1.0]])
+    if model == "fundamental":
+        return T.T @ geometry @ T
+    if model == "homography":
+        return np.linalg.inv(T) @ geometry @ T
+    raise ValueError(f"unknown geometry model {model}")
+
+
+def _camera(image: DatabaseImage, config: ExportConfig) -> pycolmap.Camera:
+    options = pycolmap.ImageReaderOptions()
+    options.camera_model = config.camera_model
+    try:
+        camera = pycolmap.infer_camera_from_image(image.path, options)
+    except Exception as exc:  # pycolmap raises ValueError/RuntimeError for unknown models or unreadable EXIF
+        raise ConfigError(f"{image.path}: cannot create a {config.camera_model} camera ({exc})") from None
+    w, h = image.features.width, image.features.height
+    if (camera.width, camera.height) != (w, h):
+        # COLMAP decoded another raster size than we did: keep the focal guess, use our size.
+        focal = camera.mean_focal_length()
+        prior = camera.has_prior_focal_length
+        camera = pycolmap.Camera.create_from_model_name(0, config.camera_model, focal, w, h)
+        camera.has_prior_focal_length = prior
+    return camera
+
+
+def write_database(
+    db_path: Path,
+    images: Iterable[DatabaseImage],
+    pairs: Iterable[tuple[str, str, PairMatches]],
+    config: ExportConfig,
+) -> dict[str, int]:
+    """Write a complete COLMAP database at ``db_path`` (replacing any file there).
+
+    Both inputs are streamed (one image, one pair in memory at a time).
+
+    Args:
+        images: images in the order their ids are assigned (1, 2, ...).
+        pairs: ``(name1, name2, matches)`` with indices into name1's and name2's keypoints.
+
+    Returns:
+        counts: images, cameras, keypoints, matched_pairs, verified_pairs, inlier_matches.
+    """
+    db_path = Path(db_path)
+    tmp_path = db_path.with_name(db_path.name + ".partial")
+    if tmp_path.exists():
+        tmp_path.unlink()
+    ids: dict[str, int] = {}
+    counts = dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
+    try:
+        with pycolmap.Database.open(tmp_path) as db:
+            with pycolmap.DatabaseTransaction(db):
+                shared: tuple[int, int] | None = None
+                first_size: tuple[int, int] | None = None
+                for image in images:
+                    size = (image.features.width, image.features.height)
+                    first_size = first_size or size
+                    if config.single_camera and size != first_size:
+                        raise ConfigError(
+                            f"{image.path}: --single-camera needs images of one size, "
+                            f"got {size[0]}x{size[1]} and {first_size[0]}x{first_size[1]}"
+                        )
+                    if shared is None or not config.single_camera:
+                        camera_id = db.write_camera(_camera(image, config))
+                        rig = pycolmap.Rig()
+                        rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
+                        shared = (camera_id, db.write_rig(rig))
+                        counts["cameras"] += 1
+                    camera_id, rig_id = shared
+                    image_id = db.write_image(pycolmap.Image(name=image.name, camera_id=camera_id))
+                    frame = pycolmap.Frame()
+                    frame.rig_id = rig_id
+                    frame.add_data_id(db.read_image(image_id).data_id)
+                    db.write_frame(frame)
+                    ids[image.name] = image_id
+
+                    f = image.features
+                    keypoints = np.empty((len(f), 4), np.float32)
+                    keypoints[:, :2] = f.keypoints + COLMAP_PIXEL_OFFSET
+                    keypoints[:, 2] = f.scales
+                    keypoints[:, 3] = -f.orientations
+                    db.write_keypoints(image_id, keypoints)
+                    sift_u8 = np.clip(np.round(f.descriptors * 512.0), 0, 255).astype(np.uint8)
+                    db.write_descriptors(
+                        image_id, pycolmap.FeatureDescriptors(type=pycolmap.FeatureExtractorType.SIFT, data=sift_u8)
+                    )
+                    counts["images"] += 1
+                    counts["keypoints"] += len(f)
+
+                for name1, name2, pair in pairs:
+                    if len(pair.matches) == 0:
+                        continue
+                    id1, id2 = ids[name1], ids[name2]
+                    matches = pair.matches.astype(np.uint32)
+                    if id1 > id2:
+                        id1, id2, matches = id2, id1, matches[:, ::-1]
+                    db.write_matches(id1, id2, np.ascontiguousarray(matches))
+                    counts["matched_pairs"] += 1
+                    if pair.model == "none" or pair.geometry is None:
+                        continue
+                    geometry = to_colmap_geometry(pair.model, pair.geometry)
+                    if ids[name1] > ids[name2]:
+                        geometry = geometry.T if pair.model == "fundamental" else np.linalg.inv(geometry)
+                    tvg = pycolmap.TwoViewGeometry()
+                    tvg.config = int(_CONFIG_OF_MODEL[pair.model])
+                    if pair.model == "fundamental":
+                        tvg.F = geometry
+                    else:
+                        tvg.H = geometry
+                    tvg.inlier_matches = np.ascontiguousarray(matches[pair.inliers])
+                    db.write_two_view_geometry(id1, id2, tvg)
+                    counts["verified_pairs"] += 1
+                    counts["inlier_matches"] += int(pair.inliers.sum())
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_path, db_path)
+    return counts
+
+
+def read_database_summary(db_path: Path) -> dict[str, int]:
+    """Counts read back from a database with pycolmap (a cheap integrity check)."""
+    with pycolmap.Database.open(Path(db_path)) as db:
+        return dict(
+            images=db.num_images(),
+            cameras=db.num_cameras(),
+            rigs=db.num_rigs(),
+            frames=db.num_frames(),
+            keypoints=db.num_keypoints(),
+            matched_pairs=db.num_matched_image_pairs(),
+            verified_pairs=db.num_verified_image_pairs(),
+            inlier_matches=db.num_inlier_matches(),
+        )

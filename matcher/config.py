@@ -1,0 +1,262 @@
+"""Pipeline configuration: a dataclass of defaults per stage, merged with a TOML preset, merged with flags.
+
+Order of precedence (last wins): the dataclass defaults below < the preset (``pipelines/NAME.toml`` or a
+file) < single values given on the command line (``--set section.key=value`` or dedicated flags). The merged
+configuration is written next to the outputs (``<db>.config.toml``) and can be passed back as a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from matcher.errors import ConfigError
+
+__all__ = [
+    "ImagesConfig",
+    "DetectionConfig",
+    "PatchConfig",
+    "DescriptorConfig",
+    "PairsConfig",
+    "MatchingConfig",
+    "VerificationConfig",
+    "ExportConfig",
+    "MappingConfig",
+    "PipelineConfig",
+    "available_presets",
+    "preset_path",
+    "load_config",
+    "config_to_toml",
+    "parse_override",
+]
+
+
+@dataclass
+class ImagesConfig:
+    """Image reading: detection runs on a copy whose longer edge is at most ``max_edge`` pixels (0: full size)."""
+
+    max_edge: int = 1600
+
+
+@dataclass
+class DetectionConfig:
+    """DoG detector (OpenCV SIFT). See :mod:`matcher.detect`.
+
+    ``selection``: which keypoints survive ``max_keypoints``: ``scale`` keeps the largest scales (COLMAP drops
+    the finest octaves first), ``response`` the strongest DoG responses.
+    """
+
+    max_keypoints: int = 4096
+    selection: str = "scale"
+    upright: bool = False
+    contrast_threshold: float = 0.04
+    edge_threshold: float = 10.0
+    n_octave_layers: int = 3
+    sigma: float = 1.6
+
+
+@dataclass
+class PatchConfig:
+    """Patch sampling: half-width of a patch = ``magnification`` × the keypoint's DoG sigma."""
+
+    magnification: float = 6.0
+    patch_size: int = 32
+
+
+@dataclass
+class DescriptorConfig:
+    """Descriptor: ``rootsift`` or ``sdgmnet``.
+
+    ``weights``: for sdgmnet, a weights file, or a name of a model shipped in ``models/`` (default ``sdgmnet``).
+    ``batch_size``: patches per network call. ``bf16``: run the network under bfloat16 autocast.
+    """
+
+    name: str = "rootsift"
+    weights: str = "sdgmnet"
+    batch_size: int = 1024
+    bf16: bool = False
+
+
+@dataclass
+class PairsConfig:
+    """Which image pairs to match: ``exhaustive``, ``sequential`` (each image with the next ``overlap``
+    images in name order) or ``file`` (``pairs_file``: one ``name1 name2`` per line)."""
+
+    strategy: str = "exhaustive"
+    overlap: int = 10
+    pairs_file: str = ""
+
+
+@dataclass
+class MatchingConfig:
+    """Mutual nearest neighbours on L2 distance, optionally with Lowe's ratio test (``ratio`` = 0: off).
+
+    ``block_size``: rows of the distance matrix computed at a time (bounds memory)."""
+
+    ratio: float = 0.0
+    block_size: int = 2048
+
+
+@dataclass
+class VerificationConfig:
+    """RANSAC per pair with OpenCV's USAC MAGSAC++.
+
+    ``threshold``: inlier threshold in pixels of the resized detection image (scaled to full resolution).
+    A homography replaces the fundamental matrix when it explains at least ``homography_ratio`` of the
+    fundamental matrix's inliers (planar scenes, pure rotation). Pairs with fewer than ``min_inliers``
+    inliers keep their raw matches but get no verified geometry.
+    """
+
+    threshold: float = 1.0
+    confidence: float = 0.9999
+    max_iterations: int = 10000
+    min_inliers: int = 15
+    homography_ratio: float = 0.8
+
+
+@dataclass
+class ExportConfig:
+    """COLMAP database export: camera model, and whether all images share one camera."""
+
+    camera_model: str = "SIMPLE_RADIAL"
+    single_camera: bool = False
+
+
+@dataclass
+class MappingConfig:
+    """pycolmap incremental mapping. ``num_threads`` -1: all cores. ``seed`` fixes COLMAP's RNG."""
+
+    num_threads: int = -1
+    seed: int = 0
+    min_model_size: int = 3
+    min_num_matches: int = 15
+
+
+@dataclass
+class PipelineConfig:
+    """All stages' settings, one section each (the sections of a preset file)."""
+
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(PipelineConfig)}  # type: ignore[misc]
+
+
+def available_presets() -> list[str]:
+    """Names of the presets shipped in ``pipelines/``."""
+    root = resources.files("matcher._pipelines")
+    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name_or_file: str) -> Path:
+    """Resolve a preset name (``default``) or a TOML file path."""
+    candidate = Path(name_or_file)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: preset file not found")
+        return candidate
+    shipped = resources.files("matcher._pipelines") / f"{name_or_file}.toml"
+    if not shipped.is_file():
+        raise ConfigError(f"unknown pipeline preset '{name_or_file}'; shipped presets: {', '.join(available_presets())}")
+    return Path(str(shipped))
+
+
+def _coerce(section: str, key: str, value: Any, default: Any) -> Any:
+    kind = type(default)
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+    elif kind is int and not isinstance(value, bool):
+        try:
+            if float(value) == int(float(value)):
+                return int(float(value))
+        except (TypeError, ValueError):
+            pass
+    elif kind is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    elif kind is str:
+        return str(value)
+    raise ConfigError(f"{section}.{key}: expected {kind.__name__}, got {value!r}")
+
+
+def _merge(config: PipelineConfig, values: dict[str, Any], origin: str) -> None:
+    sections = _sections()
+    for section, entries in values.items():
+        if section not in sections:
+            raise ConfigError(f"{origin}: unknown section [{section}]; known: {', '.join(sections)}")
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table")
+        target = getattr(config, section)
+        known = {f.name for f in dataclasses.fields(target)}
+        for key, value in entries.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown key {section}.{key}; known: {', '.join(sorted(known))}")
+            setattr(target, key, _coerce(section, key, value, getattr(target, key)))
+
+
+def parse_override(text: str) -> dict[str, dict[str, Any]]:
+    """``"section.key=value"`` -> ``{section: {key: value}}`` (the value is coerced later)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set expects section.key=value, got '{text}'")
+    lhs, value = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    return {section: {key: value.strip()}}
+
+
+def load_config(
+    preset: str = "default", overrides: list[dict[str, dict[str, Any]]] | None = None
+) -> PipelineConfig:
+    """Defaults < preset < overrides (applied in order)."""
+    config = PipelineConfig()
+    path = preset_path(preset)
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    values.pop("meta", None)
+    _merge(config, values, str(path))
+    for override in overrides or []:
+        _merge(config, override, "command line")
+    return config
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def config_to_toml(config: PipelineConfig, header: str = "") -> str:
+    """Serialise to TOML that :func:`load_config` reads back to an equal config."""
+    lines = [f"# {line}" for line in header.splitlines()] if header else []
+    for section, entries in config.to_dict().items():
+        lines.append(f"\n[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in entries.items())
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -1,0 +1,37 @@
+"""Descriptors behind one interface: ``describe(gray (h, w) uint8, keypoints) -> (N, D) float32 unit rows``."""
+
+from __future__ import annotations
+
+from matcher.config import DescriptorConfig, PatchConfig
+from matcher.descriptors.base import Descriptor
+from matcher.descriptors.learned import SDGMNetDescriptor, describe_patches
+from matcher.descriptors.rootsift import RootSIFT
+from matcher.descriptors.sdgmnet import SDGMNet
+from matcher.descriptors.weights import load_sdgmnet, resolve_weights, save_sdgmnet, shipped_models
+from matcher.errors import ConfigError
+
+__all__ = [
+    "DESCRIPTORS",
+    "Descriptor",
+    "RootSIFT",
+    "SDGMNet",
+    "SDGMNetDescriptor",
+    "build_descriptor",
+    "describe_patches",
+    "load_sdgmnet",
+    "resolve_weights",
+    "save_sdgmnet",
+    "shipped_models",
+]
+
+DESCRIPTORS = ("rootsift", "sdgmnet")
+
+
+def build_descriptor(config: DescriptorConfig, patches: PatchConfig | None = None) -> Descriptor:
+    """Instantiate the descriptor a configuration names."""
+    if config.name == "rootsift":
+        return RootSIFT()
+    if config.name == "sdgmnet":
+        magnification = patches.magnification if patches is not None else None
+        return SDGMNetDescriptor(config.weights, magnification, config.batch_size, config.bf16)
+    raise ConfigError(f"unknown descriptor '{config.name}'; known: {', '.join(DESCRIPTORS)}")

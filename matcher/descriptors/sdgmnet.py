@@ -1,0 +1,105 @@
+"""SDGMNet: the HyNet-style L2-Net backbone used by SDGMNet (Ma & Deng, arXiv 2106.04434).
+
+Architecture (shared/docs/methods.md §1.2, following the released code): an input FRN+TLU, six 3×3 conv
+blocks with FRN+TLU (32, 32, 64/s2, 64, 128/s2, 128 channels), dropout 0.3, an 8×8 conv to 128 channels,
+BatchNorm without affine parameters, and L2 normalisation.
+
+Input: patches ``(B, 1, 32, 32)`` float in [0, 1]. Output: descriptors ``(B, 128)`` with unit rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["FRN", "TLU", "SDGMNet"]
+
+PATCH_SIZE = 32
+DESCRIPTOR_DIM = 128
+
+
+class FRN(nn.Module):
+    """Filter Response Normalisation: ``x * rsqrt(mean_hw(x²) + eps) * gamma + beta``.
+
+    ``eps`` is a fixed constant (1e-6), as in the released SDGMNet code.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        nu2 = x.pow(2).mean(dim=(2, 3), keepdim=True)
+        return x * torch.rsqrt(nu2 + self.eps) * self.gamma + self.beta
+
+
+class TLU(nn.Module):
+    """Thresholded Linear Unit: ``max(x, tau)`` with a learnable per-channel ``tau`` (initialised to -1)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.tau = nn.Parameter(-torch.ones(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W)."""
+        return torch.max(x, self.tau)
+
+
+def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=True),
+        FRN(cout),
+        TLU(cout),
+    )
+
+
+class SDGMNet(nn.Module):
+    """The SDGMNet patch descriptor network.
+
+    Args:
+        drop_rate: dropout probability before the final 8×8 convolution (0.3 in the paper's recipe).
+
+    Shape:
+        - Input: :math:`(B, 1, 32, 32)`, grey patches scaled to [0, 1].
+        - Output: :math:`(B, 128)`, L2-normalised rows.
+    """
+
+    patch_size = PATCH_SIZE
+    descriptor_dim = DESCRIPTOR_DIM
+
+    def __init__(self, drop_rate: float = 0.3) -> None:
+        super().__init__()
+        self.input_norm = nn.Sequential(FRN(1), TLU(1))
+        self.features = nn.Sequential(
+            _conv_block(1, 32),
+            _conv_block(32, 32),
+            _conv_block(32, 64, stride=2),
+            _conv_block(64, 64),
+            _conv_block(64, 128, stride=2),
+            _conv_block(128, 128),
+        )
+        self.head = nn.Sequential(
+            nn.Dropout(drop_rate),
+            nn.Conv2d(128, DESCRIPTOR_DIM, kernel_size=8, bias=False),
+            nn.BatchNorm2d(DESCRIPTOR_DIM, affine=False),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.orthogonal_(module.weight, gain=0.6)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0.01)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches: (B, 1, 32, 32) -> descriptors (B, 128), unit rows."""
+        if patches.ndim != 4 or patches.shape[1:] != (1, PATCH_SIZE, PATCH_SIZE):
+            raise ValueError(f"SDGMNet expects patches of shape (B, 1, 32, 32), got {tuple(patches.shape)}")
+        x = self.features(self.input_norm(patches))
+        x = self.head(x).flatten(1)
+        return F.normalize(x.float(), p=2.0, dim=1)

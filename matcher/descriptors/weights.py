@@ -1,0 +1,68 @@
+"""Descriptor weights files: find, load and save SDGMNet weights.
+
+A weights file is ``torch.save`` of a dict ``{"format": "matcher.sdgmnet/1", "state_dict": ..., "meta": {...}}``,
+loaded with ``weights_only=True``. ``meta`` holds what a model card needs (training data, loss, steps, seed,
+and the patch magnification the model was trained with).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from matcher.descriptors.sdgmnet import SDGMNet
+from matcher.errors import ModelWeightsError
+
+__all__ = ["FORMAT", "shipped_models", "resolve_weights", "load_sdgmnet", "save_sdgmnet"]
+
+FORMAT = "matcher.sdgmnet/1"
+
+
+def shipped_models() -> list[str]:
+    """Names of the weights shipped in ``models/`` (without ``.pt``)."""
+    root = resources.files("matcher._models")
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".pt"))
+
+
+def resolve_weights(name_or_path: str) -> Path:
+    """A path to a ``.pt`` file, or the name of a shipped model (``sdgmnet`` -> ``models/sdgmnet.pt``)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".pt" or candidate.exists():
+        if not candidate.is_file():
+            raise ModelWeightsError(f"{candidate}: weights file not found")
+        return candidate
+    shipped = resources.files("matcher._models") / f"{name_or_path}.pt"
+    if not shipped.is_file():
+        names = ", ".join(shipped_models()) or "none yet"
+        raise ModelWeightsError(f"no shipped model named '{name_or_path}' (shipped: {names}); pass a .pt file")
+    return Path(str(shipped))
+
+
+def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
+    """Load an SDGMNet in eval mode and its metadata."""
+    path = resolve_weights(name_or_path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise ModelWeightsError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelWeightsError(f"{path}: not a matcher SDGMNet weights file (expected format {FORMAT})")
+    model = SDGMNet()
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        raise ModelWeightsError(f"{path}: weights do not fit SDGMNet ({str(exc).splitlines()[0]})") from None
+    return model.eval(), dict(blob.get("meta", {}))
+
+
+def save_sdgmnet(model: SDGMNet, path: Path, meta: dict[str, Any]) -> None:
+    """Write weights (fp32 state dict) and metadata atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
+    tmp.replace(path)

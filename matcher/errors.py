@@ -1,0 +1,63 @@
+"""User-facing failures: one exception type per kind, each printed by the CLI as one line.
+
+Anything that is not one of these is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MatcherError",
+    "ImageReadError",
+    "NoImagesError",
+    "ConfigError",
+    "DatabaseExistsError",
+    "IncompatibleDatabaseError",
+    "PairsFileError",
+    "ModelWeightsError",
+]
+
+
+class MatcherError(Exception):
+    """Base class of the errors a user can cause and fix."""
+
+    exit_code = 1
+
+
+class ImageReadError(MatcherError):
+    """An image file cannot be decoded, is empty, truncated, or unusable (too small, no keypoints)."""
+
+
+class NoImagesError(MatcherError):
+    """The image folder is missing or holds no image."""
+
+    exit_code = 2
+
+
+class ConfigError(MatcherError):
+    """A preset, a configuration file or an option value is invalid."""
+
+    exit_code = 2
+
+
+class DatabaseExistsError(MatcherError):
+    """The output database exists and neither --overwrite nor an append mode was asked for."""
+
+    exit_code = 2
+
+
+class IncompatibleDatabaseError(MatcherError):
+    """An existing database or feature file does not fit this run (other images, other descriptor)."""
+
+    exit_code = 2
+
+
+class PairsFileError(MatcherError):
+    """A pairs file cannot be read or names an image that is not in the folder."""
+
+    exit_code = 2
+
+
+class ModelWeightsError(MatcherError):
+    """A descriptor weights file is missing or does not fit the network."""
+
+    exit_code = 2

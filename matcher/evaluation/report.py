@@ -1,0 +1,69 @@
+"""Plain-text reports: Markdown tables and a one-call report writer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+__all__ = ["format_value", "markdown_table", "write_report"]
+
+
+def format_value(value: Any, floatfmt: str = ".3f") -> str:
+    """One table cell: None -> "", bool -> "yes"/"no", ints as is, floats with floatfmt, NaN -> "nan"."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        value = float(value)
+        return "nan" if math.isnan(value) else format(value, floatfmt)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: list[str],
+    floatfmt: str | Mapping[str, str] = ".3f",
+) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` restricted to ``columns`` (in that order).
+
+    floatfmt: a format spec for every float column, or ``{column: spec}`` (".3f" where missing).
+    Missing keys give empty cells; numeric columns are right-aligned. Ends with a newline.
+    """
+    rows = list(rows)
+    formats = floatfmt if isinstance(floatfmt, Mapping) else {}
+    default = ".3f" if isinstance(floatfmt, Mapping) else floatfmt
+    cells = [[format_value(row.get(c), formats.get(c, default)) for c in columns] for row in rows]
+    def is_number(value: Any) -> bool:
+        return isinstance(value, Real) and not isinstance(value, bool)
+
+    numeric = [
+        any(row.get(c) is not None for row in rows)
+        and all(is_number(row.get(c)) or row.get(c) is None for row in rows)
+        for c in columns
+    ]
+    header = "| " + " | ".join(format_value(c) for c in columns) + " |"
+    rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
+    body = ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def write_report(
+    path: str | Path,
+    sections: Mapping[str, str] | Iterable[tuple[str, str]],
+    title: str | None = None,
+) -> Path:
+    """Write a Markdown file: optional ``# title``, then ``## heading`` + body for each section."""
+    items = sections.items() if isinstance(sections, Mapping) else sections
+    parts = [f"# {title}\n"] if title else []
+    for heading, body in items:
+        parts.append(f"## {heading}\n\n{body.rstrip()}\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

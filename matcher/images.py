@@ -1,0 +1,131 @@
+"""Images: find them in a folder, read them as COLMAP reads them, resize a copy for detection.
+
+* Every file under the folder, recursively, with an image extension (any case) is an image; its name is its
+  path relative to the folder with ``/`` separators, as COLMAP's image reader names it.
+* Pixels are decoded without applying the EXIF orientation tag, because COLMAP does not apply it either
+  (checked: ``pycolmap.Bitmap.read`` returns the stored, unrotated raster). Keypoints therefore refer to the
+  same pixels COLMAP and the mapper see.
+* Colour, alpha, palette, 16-bit and float images become 8-bit grey (ITU-R 601 luma, as OpenCV and COLMAP).
+* A truncated, empty or undecodable file raises :class:`matcher.errors.ImageReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from matcher.errors import ImageReadError, NoImagesError
+
+__all__ = ["IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "ImageData", "list_images", "read_image", "resize_for_detection"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
+MIN_IMAGE_SIDE = 16
+
+Image.MAX_IMAGE_PIXELS = None  # large aerial images are legitimate input
+
+
+@dataclass
+class ImageData:
+    """One decoded image.
+
+    Attributes:
+        name: path relative to the image folder (``/`` separators).
+        gray: (H, W) uint8 full-resolution grey pixels.
+    """
+
+    name: str
+    gray: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.gray.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.gray.shape[0])
+
+
+def list_images(folder: Path) -> list[str]:
+    """Relative names of all images under ``folder`` (recursive, sorted, ``/`` separators).
+
+    Raises:
+        NoImagesError: the folder is missing, not a folder, or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise NoImagesError(f"{folder}: image folder does not exist")
+    if not folder.is_dir():
+        raise NoImagesError(f"{folder}: not a folder")
+    names = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
+    )
+    if not names:
+        raise NoImagesError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return names
+
+
+def _to_gray_uint8(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.uint16)
+        return np.round(arr.astype(np.float32) / 257.0).astype(np.uint8)
+    if mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        return np.clip(np.round(arr * (255.0 / hi)), 0, 255).astype(np.uint8)
+    if mode == "L":
+        return np.asarray(img, dtype=np.uint8)
+    if mode in ("RGBA", "LA", "P", "PA", "RGBa", "La") or "A" in img.getbands():
+        img = img.convert("RGBA").convert("RGB")
+    elif mode not in ("RGB",):
+        img = img.convert("RGB")
+    rgb = np.asarray(img, dtype=np.uint8)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def read_image(folder: Path, name: str) -> ImageData:
+    """Decode ``folder/name`` to full-resolution 8-bit grey, ignoring EXIF orientation (as COLMAP does).
+
+    Raises:
+        ImageReadError: empty, truncated, undecodable, or smaller than 16 pixels on a side.
+    """
+    path = Path(folder) / name
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+        with Image.open(path) as img:
+            img.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES is off)
+            gray = _to_gray_uint8(img)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not a readable image") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"{path}: cannot decode image ({reason})") from None
+    if gray.ndim != 2:
+        raise ImageReadError(f"{path}: unsupported pixel layout {gray.shape}")
+    if min(gray.shape) < MIN_IMAGE_SIDE:
+        raise ImageReadError(f"{path}: image too small ({gray.shape[1]}x{gray.shape[0]} pixels)")
+    return ImageData(name=name, gray=np.ascontiguousarray(gray))
+
+
+def resize_for_detection(gray: np.ndarray, max_edge: int) -> tuple[np.ndarray, float, float]:
+    """Downscale so the longer edge is at most ``max_edge`` (0: never). Never upscales.
+
+    Returns:
+        (resized (h, w) uint8, sx, sy) where full-resolution = (resized + 0.5) * s - 0.5 per axis.
+    """
+    h, w = gray.shape
+    if max_edge <= 0 or max(h, w) <= max_edge:
+        return gray, 1.0, 1.0
+    factor = max_edge / max(h, w)
+    new_w, new_h = max(1, round(w * factor)), max(1, round(h * factor))
+    small = cv2.resize(gray, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return small, w / new_w, h / new_h

@@ -1,0 +1,78 @@
+"""Image pairs to match: exhaustive, sequential with an overlap, or read from a file.
+
+Every pair is returned once, as ``(name1, name2)`` with ``name1 < name2``, sorted; pairs are over the
+images that have features (skipped images are left out).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matcher.config import PairsConfig
+from matcher.errors import ConfigError, PairsFileError
+
+__all__ = ["exhaustive_pairs", "sequential_pairs", "read_pairs_file", "make_pairs"]
+
+
+def _ordered(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+def exhaustive_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """All N (N - 1) / 2 pairs."""
+    names = sorted(names)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+
+def sequential_pairs(names: list[str], overlap: int) -> list[tuple[str, str]]:
+    """Each image with the next ``overlap`` images in name order (for video frames and ordered captures)."""
+    if overlap < 1:
+        raise ConfigError(f"pairs.overlap must be at least 1, got {overlap}")
+    names = sorted(names)
+    return [(a, names[j]) for i, a in enumerate(names) for j in range(i + 1, min(i + 1 + overlap, len(names)))]
+
+
+def read_pairs_file(path: Path, names: list[str]) -> list[tuple[str, str]]:
+    """Read ``name1 name2`` lines (COLMAP/hloc format; ``#`` comments and blank lines ignored).
+
+    Pairs naming an image that was skipped (unreadable) are dropped; a name that is not an image of the folder
+    at all is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PairsFileError(f"{path}: pairs file not found")
+    known = set(names)
+    pairs: set[tuple[str, str]] = set()
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise PairsFileError(f"{path}:{number}: expected 'name1 name2', got '{raw.strip()}'")
+        a, b = parts
+        if a == b:
+            continue
+        for name in (a, b):
+            if name not in known:
+                raise PairsFileError(f"{path}:{number}: '{name}' is not an image of the folder")
+        pairs.add(_ordered(a, b))
+    return sorted(pairs)
+
+
+def make_pairs(config: PairsConfig, names: list[str], all_names: list[str] | None = None) -> list[tuple[str, str]]:
+    """Pairs among ``names`` by the configured strategy.
+
+    ``all_names`` are every image of the folder, usable ones or not: a pairs file may name a skipped image.
+    """
+    if config.strategy == "exhaustive":
+        return exhaustive_pairs(names)
+    if config.strategy == "sequential":
+        return sequential_pairs(names, config.overlap)
+    if config.strategy == "file":
+        if not config.pairs_file:
+            raise ConfigError("pairs.strategy = 'file' needs pairs.pairs_file (--pairs FILE)")
+        usable = set(names)
+        pairs = read_pairs_file(Path(config.pairs_file), all_names or names)
+        return [p for p in pairs if p[0] in usable and p[1] in usable]
+    raise ConfigError(f"unknown pairs.strategy '{config.strategy}'; known: exhaustive, sequential, file")

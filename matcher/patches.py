@@ -1,0 +1,73 @@
+"""Patches: a local affine frame (LAF) per keypoint and 32×32 anti-aliased patches, with kornia.
+
+A LAF ``[A | c]`` (kornia's convention) has centre ``c`` in pixels and ``A = r · R(θ)``, where the
+half-width ``r = magnification · sigma`` and θ is the keypoint orientation. kornia samples the square
+``c + A [-1, 1]²`` from the pyramid level that matches the LAF's size, so large keypoints are not aliased.
+
+The default ``magnification = 6`` makes the patch cover ±6σ, the same support as the SIFT descriptor
+(4 bins of 3σ), and matches kornia's ``mr_size`` and the DoG+HardNet pipelines of hloc and LightGlue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import kornia.feature as KF
+
+from matcher.detect import Keypoints
+
+__all__ = ["PATCH_SIZE", "DEFAULT_MAGNIFICATION", "image_to_tensor", "lafs_from_keypoints", "extract_patches"]
+
+PATCH_SIZE = 32
+DEFAULT_MAGNIFICATION = 6.0
+
+
+def image_to_tensor(gray: np.ndarray) -> torch.Tensor:
+    """(H, W) uint8 image -> (1, 1, H, W) float32 tensor in [0, 1]."""
+    if gray.ndim != 2:
+        raise ValueError(f"expected a (H, W) grey image, got shape {gray.shape}")
+    return torch.from_numpy(np.ascontiguousarray(gray)).float().div_(255.0)[None, None]
+
+
+def lafs_from_keypoints(keypoints: Keypoints, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:
+    """Build LAFs from keypoints.
+
+    Args:
+        keypoints: N keypoints (centre, sigma, orientation in radians).
+        magnification: patch half-width in units of the keypoint's sigma.
+
+    Returns:
+        LAFs (1, N, 2, 3) float32, in the keypoints' pixel frame.
+    """
+    xy = torch.from_numpy(keypoints.xy).float()[None]
+    scale = torch.from_numpy(keypoints.scales).float().mul(magnification)[None, :, None, None]
+    ori = torch.rad2deg(torch.from_numpy(keypoints.orientations).float())[None, :, None]
+    return KF.laf_from_center_scale_ori(xy, scale, ori)
+
+
+def extract_patches(
+    image: np.ndarray | torch.Tensor,
+    lafs: torch.Tensor,
+    patch_size: int = PATCH_SIZE,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Sample anti-aliased patches with ``kornia.feature.extract_patches_from_pyramid``.
+
+    Args:
+        image: (H, W) uint8 array or (1, 1, H, W) float tensor in [0, 1].
+        lafs: (1, N, 2, 3) LAFs in the image's pixel frame.
+        patch_size: side of the square patches.
+        chunk_size: LAFs sampled per call, to bound memory.
+
+    Returns:
+        patches (N, 1, PS, PS) float32 in [0, 1].
+    """
+    img = image_to_tensor(image) if isinstance(image, np.ndarray) else image
+    n = lafs.shape[1]
+    if n == 0:
+        return torch.zeros((0, 1, patch_size, patch_size), dtype=torch.float32)
+    out = [
+        KF.extract_patches_from_pyramid(img, lafs[:, i : i + chunk_size], PS=patch_size)[0]
+        for i in range(0, n, chunk_size)
+    ]
+    return torch.cat(out, 0).float()

@@ -1,0 +1,328 @@
+"""The ``match`` pipeline: a folder of photos -> features.h5 -> matches.h5 -> COLMAP database [-> model].
+
+Outputs beside the database ``DIR/NAME.db``:
+
+* ``DIR/NAME.features.h5`` and ``DIR/NAME.matches.h5`` (layout in :mod:`matcher.storage`), which make a rerun
+  skip finished images and pairs, and let a killed run resume;
+* ``DIR/NAME.config.toml``: the merged configuration (a valid preset file).
+
+The database itself is written last, atomically. An existing database is never replaced unless
+``overwrite=True``. Cached features and matches are reused only if they were computed with the same
+settings (a fingerprint of the relevant config sections and the descriptor weights is kept in each file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from matcher.colmap_db import DatabaseImage, write_database
+from matcher.config import PipelineConfig, config_to_toml
+from matcher.descriptors import build_descriptor, resolve_weights
+from matcher.detect import detect_keypoints
+from matcher.errors import DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
+from matcher.images import list_images, read_image, resize_for_detection
+from matcher.matching import mutual_nearest_neighbours
+from matcher.pairs import make_pairs
+from matcher.reconstruct import ReconstructionSummary, reconstruct
+from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches
+from matcher.verify import verify_pair
+
+__all__ = ["OutputPaths", "RunReport", "run_match", "extract_all", "match_all"]
+
+log = logging.getLogger("matcher")
+
+
+@dataclass
+class OutputPaths:
+    """Where a run writes, derived from the database path."""
+
+    database: Path
+
+    @property
+    def features(self) -> Path:
+        return self.database.with_name(self.database.stem + ".features.h5")
+
+    @property
+    def matches(self) -> Path:
+        return self.database.with_name(self.database.stem + ".matches.h5")
+
+    @property
+    def config(self) -> Path:
+        return self.database.with_name(self.database.stem + ".config.toml")
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the end-of-run summary."""
+
+    images_found: int = 0
+    images_used: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    images_reused: int = 0
+    pairs: int = 0
+    pairs_reused: int = 0
+    pairs_without_matches: int = 0
+    pairs_verified: int = 0
+    database: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    reconstruction: ReconstructionSummary | None = None
+
+    def format(self, paths: OutputPaths) -> str:
+        lines = [
+            f"images: {len(self.images_used)} used of {self.images_found} found"
+            + (f" ({self.images_reused} features reused)" if self.images_reused else ""),
+            f"pairs: {self.pairs} matched, {self.pairs_verified} verified, "
+            f"{self.pairs_without_matches} without matches"
+            + (f" ({self.pairs_reused} reused)" if self.pairs_reused else ""),
+        ]
+        if self.database:
+            d = self.database
+            lines.append(
+                f"database: {paths.database} ({d['images']} images, {d['cameras']} cameras, {d['keypoints']} keypoints, "
+                f"{d['verified_pairs']} verified pairs, {d['inlier_matches']} inlier matches)"
+            )
+        if self.reconstruction is not None:
+            lines.append(f"reconstruction: {self.reconstruction.format()}")
+        lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            lines.extend(f"  {name}: {reason}" for name, reason in self.skipped)
+        return "\n".join(lines)
+
+
+def _fingerprint(config: PipelineConfig, sections: tuple[str, ...]) -> str:
+    data = {s: getattr(config, s).__dict__ for s in sections}
+    if config.descriptor.name == "sdgmnet":
+        path = resolve_weights(config.descriptor.weights)
+        data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    # Settings that do not change results are left out.
+    data.get("descriptor", {}).pop("batch_size", None)
+    return json.dumps(data, sort_keys=True)
+
+
+FEATURE_SECTIONS = ("images", "detection", "patches", "descriptor")
+MATCH_SECTIONS = FEATURE_SECTIONS + ("matching", "verification")
+
+
+def _open_cache(store_type: type, path: Path, fingerprint: str, overwrite: bool):
+    if path.exists():
+        with store_type(path, "a") as probe:
+            stored = probe.file.attrs.get("fingerprint", None)
+        if stored is not None and stored != fingerprint:
+            if not overwrite:
+                raise IncompatibleDatabaseError(
+                    f"{path}: cached {store_type.kind} were computed with other settings; "
+                    "pass --overwrite to recompute them"
+                )
+            path.unlink()
+    store = store_type(path, "a")
+    store.file.attrs["fingerprint"] = fingerprint
+    return store
+
+
+def _same_content_groups(image_dir: Path, names: list[str]) -> dict[str, str]:
+    """name -> the earlier name it duplicates (same bytes, or the same name up to letter case)."""
+    seen_hash: dict[str, str] = {}
+    seen_lower: dict[str, str] = {}
+    duplicate_of: dict[str, str] = {}
+    for name in names:
+        lower = name.lower()
+        if lower in seen_lower:
+            duplicate_of[name] = f"name differs from {seen_lower[lower]} only by letter case"
+            continue
+        seen_lower[lower] = name
+        digest = hashlib.sha1((image_dir / name).read_bytes()).hexdigest()
+        if digest in seen_hash:
+            duplicate_of[name] = f"same file content as {seen_hash[digest]}"
+            continue
+        seen_hash[digest] = name
+    return duplicate_of
+
+
+def extract_all(
+    image_dir: Path, names: list[str], store: FeatureStore, config: PipelineConfig, report: RunReport, progress: bool
+) -> None:
+    """Detect and describe every image that the store does not hold yet; record skipped files in ``report``."""
+    descriptor = None
+    bar = tqdm(names, desc="extract", unit="img", disable=not progress, leave=False)
+    for name in bar:
+        if store.has(name):
+            report.images_used.append(name)
+            report.images_reused += 1
+            continue
+        try:
+            image = read_image(image_dir, name)
+            small, sx, sy = resize_for_detection(image.gray, config.images.max_edge)
+            keypoints = detect_keypoints(small, config.detection)
+            if len(keypoints) == 0:
+                raise ImageReadError(f"{image_dir / name}: no keypoints (image too small or too flat)")
+        except ImageReadError as exc:
+            log.warning("skipped %s", exc)
+            report.skipped.append((name, str(exc).split(": ", 1)[-1]))
+            continue
+        if descriptor is None:
+            descriptor = build_descriptor(config.descriptor, config.patches)
+        descriptors = descriptor.describe(small, keypoints)
+        full = keypoints.rescaled(sx, sy)
+        store.write(
+            name,
+            ImageFeatures(
+                keypoints=full.xy,
+                scales=full.scales,
+                orientations=full.orientations,
+                scores=full.scores,
+                descriptors=descriptors,
+                width=image.width,
+                height=image.height,
+            ),
+            descriptor=config.descriptor.name,
+        )
+        report.images_used.append(name)
+        log.info("extracted %s (%d keypoints) [%d/%d]", name, len(keypoints), len(report.images_used), len(names))
+
+
+class _FeatureCache:
+    """A small LRU of features read from the store, so memory does not grow with the number of images."""
+
+    def __init__(self, store: FeatureStore, capacity: int = 32) -> None:
+        self.store, self.capacity = store, capacity
+        self.items: OrderedDict[str, ImageFeatures] = OrderedDict()
+
+    def get(self, name: str) -> ImageFeatures:
+        if name in self.items:
+            self.items.move_to_end(name)
+            return self.items[name]
+        features = self.store.read(name)
+        self.items[name] = features
+        if len(self.items) > self.capacity:
+            self.items.popitem(last=False)
+        return features
+
+
+def _threshold_px(config: PipelineConfig, f1: ImageFeatures, f2: ImageFeatures) -> float:
+    """The RANSAC threshold, given in detection-image pixels, in full-resolution pixels of this pair."""
+
+    def factor(f: ImageFeatures) -> float:
+        edge = max(f.width, f.height)
+        return edge / config.images.max_edge if 0 < config.images.max_edge < edge else 1.0
+
+    return config.verification.threshold * max(factor(f1), factor(f2))
+
+
+def match_all(
+    pairs: list[tuple[str, str]],
+    features: FeatureStore,
+    store: MatchStore,
+    config: PipelineConfig,
+    report: RunReport,
+    progress: bool,
+) -> None:
+    """Match and verify every pair the store does not hold yet."""
+    cache = _FeatureCache(features)
+    bar = tqdm(pairs, desc="match", unit="pair", disable=not progress, leave=False)
+    for done, (name1, name2) in enumerate(bar, 1):
+        if store.has(name1, name2):
+            report.pairs_reused += 1
+            continue
+        f1, f2 = cache.get(name1), cache.get(name2)
+        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
+        result = verify_pair(
+            f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]], _threshold_px(config, f1, f2), config.verification
+        )
+        store.write(name1, name2, PairMatches(matches, scores, result.inliers, result.geometry, result.model))
+        log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(matches),
+                 int(result.inliers.sum()), done, len(pairs))
+
+
+def _database_images(image_dir: Path, names: list[str], features: FeatureStore) -> Iterator[DatabaseImage]:
+    for name in names:
+        yield DatabaseImage(name=name, path=image_dir / name, features=features.read(name))
+
+
+def _database_pairs(
+    pairs: list[tuple[str, str]], store: MatchStore, report: RunReport
+) -> Iterator[tuple[str, str, PairMatches]]:
+    for name1, name2 in pairs:
+        pair = store.read(name1, name2)
+        if len(pair.matches) == 0:
+            report.pairs_without_matches += 1
+        if pair.model != "none":
+            report.pairs_verified += 1
+        yield name1, name2, pair
+
+
+def run_match(
+    image_dir: Path,
+    db_path: Path,
+    config: PipelineConfig,
+    overwrite: bool = False,
+    reconstruct_dir: Path | None = None,
+    progress: bool = True,
+) -> RunReport:
+    """Run the whole pipeline. See the module docstring for what is written where.
+
+    Raises:
+        NoImagesError: the folder is missing or has no image (nothing is written).
+        DatabaseExistsError: the database exists and ``overwrite`` is False (nothing is written).
+    """
+    image_dir, paths = Path(image_dir), OutputPaths(Path(db_path))
+    report = RunReport()
+    names = list_images(image_dir)
+    if paths.database.exists() and not overwrite:
+        raise DatabaseExistsError(f"{paths.database}: database exists; pass --overwrite to replace it")
+    if paths.database.is_dir():
+        raise DatabaseExistsError(f"{paths.database}: is a folder, not a database file")
+    # Validate the descriptor (weights present) before touching any file.
+    feature_fp = _fingerprint(config, FEATURE_SECTIONS)
+    match_fp = _fingerprint(config, MATCH_SECTIONS)
+    paths.database.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.mapping.seed)
+    np.random.seed(config.mapping.seed)
+
+    report.images_found = len(names)
+    duplicates = _same_content_groups(image_dir, names)
+    for name, reason in duplicates.items():
+        log.warning("skipped %s: %s", image_dir / name, reason)
+        report.skipped.append((name, reason))
+    candidates = [n for n in names if n not in duplicates]
+
+    paths.config.write_text(config_to_toml(config, header=f"matcher configuration of {paths.database.name}"))
+    t0 = time.perf_counter()
+    with _open_cache(FeatureStore, paths.features, feature_fp, overwrite) as features:
+        extract_all(image_dir, candidates, features, config, report, progress)
+        t1 = time.perf_counter()
+        report.timings["extract"] = t1 - t0
+        used = sorted(report.images_used)
+        pairs = make_pairs(config.pairs, used, names)
+        report.pairs = len(pairs)
+        with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
+            match_all(pairs, features, matches, config, report, progress)
+            t2 = time.perf_counter()
+            report.timings["match"] = t2 - t1
+            report.database = write_database(
+                paths.database,
+                _database_images(image_dir, used, features),
+                _database_pairs(pairs, matches, report),
+                config.export,
+            )
+            report.timings["export"] = time.perf_counter() - t2
+    if reconstruct_dir is not None:
+        t3 = time.perf_counter()
+        bar = tqdm(total=len(used), desc="map", unit="img", disable=not progress, leave=False)
+        _, report.reconstruction = reconstruct(
+            paths.database, image_dir, Path(reconstruct_dir), config.mapping, on_image=lambda: bar.update(1)
+        )
+        bar.close()
+        report.timings["map"] = time.perf_counter() - t3
+    return report

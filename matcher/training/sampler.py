@@ -1,0 +1,148 @@
+"""Batch sampling by identity: P identities × K views, and verification pairs for evaluation.
+
+A HardNet-style batch is ``K = 2``: each identity (3D point) appears at most once per batch, with two different
+views, as in HardNet's and SDGMNet's generators (shared/docs/methods.md §1.1). With ``K > 2`` the same holds with
+K distinct views per identity (the P×K batches of DDTAS, §4.1).
+
+Everything is deterministic given ``seed`` (and the epoch, see :meth:`PKSampler.set_epoch`).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["PKSampler", "verification_pairs"]
+
+
+def _as_numpy_labels(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    return labels.astype(np.int64)
+
+
+class PKSampler:
+    """Batches of ``P`` distinct identities with ``K`` distinct views each.
+
+    One epoch visits every eligible identity once, in a random order, in chunks of ``P``; each identity
+    contributes ``K`` views drawn without replacement (for ``K = 2`` and an identity with exactly two views,
+    both). Identities with fewer than ``K`` views are not eligible (their count is :attr:`num_skipped`).
+
+    Indices of a batch are identity-major: the ``K`` views of one identity are consecutive, which is the order
+    :func:`matcher.losses.base.pair_indices` pairs them in.
+
+    Args:
+        labels: (N,) integer identity of every sample.
+        identities_per_batch: P.
+        views_per_identity: K >= 2 (2 = HardNet-style batch).
+        seed: seed of all draws.
+        drop_last: drop the last, smaller batch of an epoch.
+
+    Example:
+        >>> sampler = PKSampler(torch.tensor([0, 0, 1, 1, 2, 2]), identities_per_batch=2, seed=0)
+        >>> [len(b) for b in sampler]
+        [4]
+    """
+
+    def __init__(
+        self,
+        labels: torch.Tensor | np.ndarray,
+        identities_per_batch: int,
+        views_per_identity: int = 2,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
+        if identities_per_batch < 1:
+            raise ValueError("identities_per_batch must be >= 1")
+        if views_per_identity < 2:
+            raise ValueError("views_per_identity must be >= 2 (a batch needs positive pairs)")
+        self.labels = _as_numpy_labels(labels)
+        self.P = int(identities_per_batch)
+        self.K = int(views_per_identity)
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.epoch = 0
+        order = np.argsort(self.labels, kind="stable")
+        uniq, starts, counts = np.unique(self.labels[order], return_index=True, return_counts=True)
+        eligible = counts >= self.K
+        self.identities = uniq[eligible]
+        self._members = [order[s : s + c] for s, c in zip(starts[eligible], counts[eligible])]
+        self.num_skipped = int((~eligible).sum())
+        if len(self.identities) == 0:
+            raise ValueError(f"no identity has {self.K} or more views")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation :meth:`__iter__` yields (like DistributedSampler)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.identities)
+        return n // self.P if self.drop_last else -(-n // self.P)
+
+    def _rng(self, epoch: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch])
+
+    def _batch(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([rng.choice(self._members[i], self.K, replace=False) for i in ids])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Yield the batches of the current epoch as int64 index arrays of length P·K (the last may be shorter)."""
+        rng = self._rng(self.epoch)
+        perm = rng.permutation(len(self.identities))
+        for b in range(len(self)):
+            yield self._batch(perm[b * self.P : (b + 1) * self.P], rng)
+
+    def batches(self, num_batches: int, start_epoch: int = 0) -> Iterator[np.ndarray]:
+        """Yield ``num_batches`` batches, running through as many epochs as needed (epochs ``start_epoch``, +1, ...)."""
+        done, epoch = 0, start_epoch
+        while done < num_batches:
+            self.set_epoch(epoch)
+            for batch in self:
+                yield batch
+                done += 1
+                if done == num_batches:
+                    return
+            epoch += 1
+
+
+def verification_pairs(
+    labels: torch.Tensor | np.ndarray, num_pairs: int, seed: int = 0, positive_fraction: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random verification pairs for FPR95 / AP: matching pairs (two views of one identity) and non-matching pairs.
+
+    Like UBC's ``m50_*`` files: about ``positive_fraction`` of the pairs match; a positive pair is two distinct
+    views of a random identity with >= 2 views, a negative pair is two samples of different identities.
+
+    Returns:
+        (index1 (M,), index2 (M,), is_match (M,) int64) with M = ``num_pairs``.
+    """
+    lab = _as_numpy_labels(labels)
+    rng = np.random.default_rng(seed)
+    order = np.argsort(lab, kind="stable")
+    uniq, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    multi = np.flatnonzero(counts >= 2)
+    if len(multi) == 0 or len(uniq) < 2:
+        raise ValueError("need at least one identity with two views and two identities")
+    n_pos = int(round(num_pairs * positive_fraction))
+    n_neg = num_pairs - n_pos
+    ids = rng.choice(multi, n_pos, replace=True)
+    off1 = (rng.random(n_pos) * counts[ids]).astype(np.int64)
+    off2 = (off1 + 1 + (rng.random(n_pos) * (counts[ids] - 1)).astype(np.int64)) % counts[ids]
+    pos1 = order[starts[ids] + off1]
+    pos2 = order[starts[ids] + off2]
+    neg1 = rng.integers(0, lab.size, n_neg)
+    neg2 = rng.integers(0, lab.size, n_neg)
+    clash = lab[neg1] == lab[neg2]
+    while clash.any():
+        neg2[clash] = rng.integers(0, lab.size, int(clash.sum()))
+        clash = lab[neg1] == lab[neg2]
+    idx1 = np.concatenate([pos1, neg1])
+    idx2 = np.concatenate([pos2, neg2])
+    match = np.concatenate([np.ones(n_pos, np.int64), np.zeros(n_neg, np.int64)])
+    perm = rng.permutation(num_pairs)
+    return idx1[perm], idx2[perm], match[perm]

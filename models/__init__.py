@@ -1,0 +1,1 @@
+"""Shipped descriptor weights and model cards (installed as the data package matcher._models)."""

@@ -1,0 +1,1 @@
+"""Pipeline presets as TOML (installed as the data package matcher._pipelines)."""

@@ -11,8 +11,9 @@ What is written, for every usable image:
   on screen, the negative of ours);
 * descriptors as COLMAP SIFT-type uint8 (``round(512 · d)`` clipped to 255, COLMAP's own conversion), so
   COLMAP's matchers and vocabulary trees can still use the database;
-* raw matches of every pair with matches, and a two-view geometry (``UNCALIBRATED`` with F, or
-  ``PLANAR_OR_PANORAMIC`` with H, both converted to COLMAP's pixel convention) for every verified pair.
+* raw matches of every pair with matches, and a two-view geometry for every verified pair: ``UNCALIBRATED``
+  with F, or ``PLANAR_OR_PANORAMIC`` with F and H (see :mod:`matcher.verify`), converted to COLMAP's pixel
+  convention.
 
 The file is written under a temporary name and renamed when complete, so a database either is whole or
 does not exist.
@@ -37,7 +38,7 @@ __all__ = ["DatabaseImage", "COLMAP_PIXEL_OFFSET", "write_database", "read_datab
 COLMAP_PIXEL_OFFSET = 0.5
 _CONFIG_OF_MODEL = {
     "fundamental": pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED,
-    "homography": pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC,
+    "planar": pycolmap.TwoViewGeometryConfiguration.PLANAR_OR_PANORAMIC,
 }
 
 
@@ -153,17 +154,17 @@ def write_database(
                         id1, id2, matches = id2, id1, matches[:, ::-1]
                     db.write_matches(id1, id2, np.ascontiguousarray(matches))
                     counts["matched_pairs"] += 1
-                    if pair.model == "none" or pair.geometry is None:
+                    if pair.model == "none":
                         continue
-                    geometry = to_colmap_geometry(pair.model, pair.geometry)
-                    if ids[name1] > ids[name2]:
-                        geometry = geometry.T if pair.model == "fundamental" else np.linalg.inv(geometry)
+                    swapped = ids[name1] > ids[name2]
                     tvg = pycolmap.TwoViewGeometry()
                     tvg.config = int(_CONFIG_OF_MODEL[pair.model])
-                    if pair.model == "fundamental":
-                        tvg.F = geometry
-                    else:
-                        tvg.H = geometry
+                    if pair.F is not None:
+                        F = to_colmap_geometry("fundamental", pair.F)
+                        tvg.F = F.T if swapped else F
+                    if pair.H is not None:
+                        H = to_colmap_geometry("homography", pair.H)
+                        tvg.H = np.linalg.inv(H) if swapped else H
                     tvg.inlier_matches = np.ascontiguousarray(matches[pair.inliers])
                     db.write_two_view_geometry(id1, id2, tvg)
                     counts["verified_pairs"] += 1

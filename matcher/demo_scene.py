@@ -6,12 +6,13 @@ pixel-level detail texture (brick, grass or gravel) so that no face has large fl
 plane (that would be degenerate for the fundamental matrix): there are 14 rectangles at depths 4-12 m with
 normals along x, y, z and two yaw angles, with occlusions between them.
 
-Cameras look at the room from an arc in front of its open side, a little above the boxes, so neighbouring
-views overlap strongly (about 4-5 degrees apart for 10 views) and most points are seen by many views.
+Cameras look at the room from an arc of radius 7 m (+-22 degrees) in front of its open side, about 2.9 m above
+the floor and looking down by about 15 degrees, so neighbouring views overlap strongly (about 5 degrees and
+0.5 m apart for 10 views): about 90% of the visible surface is seen by 3 or more of the 10 views.
 
 Conventions
 -----------
-* World frame: metres, x to the right, y **down**, z into the room (the cameras' frame when yaw = 0).
+* World frame: metres, x to the right, y **down**, z into the room (a camera with R = I looks along +z).
 * Poses are ``cam_from_world``: ``X_cam = R @ X_world + t``; the camera centre is ``-R.T @ t``.
 * Pixels follow OpenCV: the centre of the top-left pixel is (0, 0), x to the right, y down, so a pixel
   ``(u, v)`` of view ``i`` is ``P_i = K [R_i | t_i]`` applied to a world point, and the principal point is
@@ -108,7 +109,7 @@ def _box(name: str, centre: tuple[float, float], floor_y: float, size: tuple[flo
     """Five quads (top, front, right, back, left) of a box standing on the floor; textures upright seen from
     outside. ``centre`` is (x, z) on the floor, ``size`` (width, height, depth) in metres."""
     c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
-    ex, ez = np.array([c, 0.0, -s]), np.array([s, 0.0, c])  # box's horizontal axes (yaw about -y, i.e. up)
+    ex, ez = np.array([c, 0.0, -s]), np.array([s, 0.0, c])  # the box's horizontal axes, turned by the yaw
     down = np.array([0.0, 1.0, 0.0])
     w, h, d = size
     base = np.array([centre[0], floor_y, centre[1]])
@@ -234,8 +235,9 @@ def _cameras(num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, R: np.ndarray, t: np.ndarray,
-            width: int, height: int) -> np.ndarray:
-    """Ray-cast the quads into a float32 RGB image (height, width, 3) in [0, 255], without noise.
+            width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast the quads into a float32 RGB image (height, width, 3) in [0, 255], without noise. Also returns
+    the z-buffer: inverse depth (1/m, 0 = background) at the 2x resolution, (s * height, s * width) float32.
 
     Works at ``SUPERSAMPLING`` x resolution: hi-res pixel j is centred on low-res coordinate (j + 0.5) / s - 0.5,
     so ``INTER_AREA`` reduction puts low-res pixel centres where ``K`` says they are.
@@ -292,7 +294,7 @@ def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, 
             colour += wk[:, :, None] * sample
         np.copyto(img[r0:r1, c0:c1], colour, where=hit[:, :, None])
         np.copyto(inv_depth[r0:r1, c0:c1], w, where=hit)
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA), inv_depth
 
 
 @dataclass
@@ -363,9 +365,10 @@ def render_demo_scene(out_dir: Path, num_images: int = 10, width: int = 1024, he
     textures = [_mipmaps(quad_texture(q)) for q in quads]
     names = [f"view_{i:02d}.jpg" for i in range(num_images)]
     for i, name in enumerate(names):
-        img = _render(quads, textures, K, R[i], t[i], width, height)
+        img, _ = _render(quads, textures, K, R[i], t[i], width, height)
         rng = np.random.default_rng([seed, 2, i])
-        img = img * np.float32(1.0 + rng.uniform(-0.02, 0.02)) + rng.normal(0.0, NOISE_SIGMA, img.shape).astype(np.float32)
+        gain = np.float32(1.0 + rng.uniform(-0.02, 0.02))
+        img = img * gain + rng.normal(0.0, NOISE_SIGMA, img.shape).astype(np.float32)
         img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         ok = cv2.imwrite(str(image_dir / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                          [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -391,9 +394,15 @@ def load_demo_scene(out_dir: Path) -> DemoScene:
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "cameras.json").read_text())
     ims = meta["images"]
+    quads = []
+    for p in meta["scene"]["planes"]:
+        tex = p["texture"]
+        quads.append(Quad(p["name"], tuple(p["origin"]), tuple(p["axis_u"]), tuple(p["axis_v"]),
+                          tex["photo"].removeprefix("skimage.data."), tex["detail"].removeprefix("skimage.data."),
+                          tuple(tex["crop"]), tuple(tex["detail_offset"])))
     return DemoScene(out_dir / "images", [m["name"] for m in ims], np.array(meta["K"]),
                      np.array([m["R"] for m in ims]), np.array([m["t"] for m in ims]),
-                     np.array([m["centre"] for m in ims]), meta["width"], meta["height"], meta["seed"])
+                     np.array([m["centre"] for m in ims]), meta["width"], meta["height"], meta["seed"], quads)
 
 
 def main(argv: list[str] | None = None) -> None:

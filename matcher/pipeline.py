@@ -240,7 +240,7 @@ def match_all(
         result = verify_pair(
             f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]], _threshold_px(config, f1, f2), config.verification
         )
-        store.write(name1, name2, PairMatches(matches, scores, result.inliers, result.geometry, result.model))
+        store.write(name1, name2, PairMatches(matches, scores, result.inliers, result.F, result.H, result.model))
         log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(matches),
                  int(result.inliers.sum()), done, len(pairs))
 

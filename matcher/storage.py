@@ -14,8 +14,9 @@
     matches   (M, 2) int32   indices into the keypoints of name1 and name2 (mutual nearest neighbours)
     scores    (M,)   float32 descriptor similarity (cosine)
     inliers   (M,)   bool    RANSAC inliers of the verified model (all False when unverified)
-    geometry  (3, 3) float64 F (name1 -> name2 epipolar: x2^T F x1 = 0) or H (x2 ~ H x1), when verified
-    attrs: model ("fundamental" | "homography" | "none"), num_inliers, complete (written last)
+    F         (3, 3) float64 fundamental matrix, x2^T F x1 = 0 (when fitted)
+    H         (3, 3) float64 homography, x2 ~ H x1 (for "planar" pairs)
+    attrs: model ("fundamental" | "planar" | "none"), num_inliers, complete (written last)
 
 A group without ``complete`` is a write that was interrupted: it is deleted and redone on the next run.
 Every group is flushed to disk when written, so a killed run loses at most the group in progress.
@@ -67,7 +68,8 @@ class PairMatches:
     matches: np.ndarray
     scores: np.ndarray
     inliers: np.ndarray
-    geometry: np.ndarray | None
+    F: np.ndarray | None
+    H: np.ndarray | None
     model: str
 
     @property
@@ -169,8 +171,10 @@ class MatchStore(_Store):
         group.create_dataset("matches", data=pair.matches.astype(np.int32).reshape(-1, 2))
         group.create_dataset("scores", data=pair.scores.astype(np.float32))
         group.create_dataset("inliers", data=pair.inliers.astype(bool))
-        if pair.geometry is not None:
-            group.create_dataset("geometry", data=pair.geometry.astype(np.float64))
+        for key in ("F", "H"):
+            value = getattr(pair, key)
+            if value is not None:
+                group.create_dataset(key, data=np.asarray(value, np.float64))
         group.attrs["model"] = pair.model
         group.attrs["num_inliers"] = pair.num_inliers
         group.attrs["complete"] = True
@@ -182,6 +186,7 @@ class MatchStore(_Store):
             matches=group["matches"][()],
             scores=group["scores"][()],
             inliers=group["inliers"][()],
-            geometry=group["geometry"][()] if "geometry" in group else None,
+            F=group["F"][()] if "F" in group else None,
+            H=group["H"][()] if "H" in group else None,
             model=str(group.attrs["model"]),
         )

@@ -1,9 +1,10 @@
 """Geometric verification of one pair with OpenCV's USAC (MAGSAC++).
 
-A fundamental matrix is fitted to the matches; a homography too. The homography is kept when it explains at
-least ``homography_ratio`` of the fundamental matrix's inliers: planar scenes and rotation-only pairs (where F
-is degenerate) are then described by H, as COLMAP does with its H/F inlier ratio. With fewer than
-``min_inliers`` inliers the pair is unverified: model ``"none"``, no inliers.
+A fundamental matrix F and a homography H are both fitted to the matches. As in COLMAP's two-view
+estimator, the inliers are F's, and the pair is labelled ``planar`` (COLMAP's PLANAR_OR_PANORAMIC) when H
+explains at least ``homography_ratio`` of F's inliers: a planar scene or a rotation-only pair, for which F is
+not determined and the mapper should not initialise from. When F cannot be fitted but H can, H's inliers are
+used. With fewer than ``min_inliers`` inliers the pair is unverified: model ``"none"``, no inliers.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ MIN_MATCHES_F = 8
 
 @dataclass
 class Verification:
-    """Result for one pair: ``model`` in {"fundamental", "homography", "none"}, ``geometry`` (3, 3) or None,
-    ``inliers`` (M,) bool over the pair's matches."""
+    """Result for one pair.
+
+    Attributes:
+        model: "fundamental", "planar" or "none".
+        F: (3, 3) with ``x2ᵀ F x1 = 0``, or None.
+        H: (3, 3) with ``x2 ~ H x1``, or None (set for "planar" pairs).
+        inliers: (M,) bool over the pair's matches.
+    """
 
     model: str
-    geometry: np.ndarray | None
+    F: np.ndarray | None
+    H: np.ndarray | None
     inliers: np.ndarray
 
 
@@ -47,7 +55,7 @@ def _fit(kind: str, xy1: np.ndarray, xy2: np.ndarray, threshold: float, config: 
 def verify_pair(
     xy1: np.ndarray, xy2: np.ndarray, threshold_px: float, config: VerificationConfig | None = None
 ) -> Verification:
-    """Fit F (and H) to matched points.
+    """Fit F and H to matched points.
 
     Args:
         xy1, xy2: (M, 2) matched keypoint coordinates in full-resolution pixels.
@@ -58,7 +66,7 @@ def verify_pair(
     """
     config = config or VerificationConfig()
     m = len(xy1)
-    none = Verification("none", None, np.zeros(m, bool))
+    none = Verification("none", None, None, np.zeros(m, bool))
     if m < max(MIN_MATCHES_F, config.min_inliers):
         return none
     cv2.setRNGSeed(0)
@@ -67,8 +75,9 @@ def verify_pair(
     F, f_inliers = _fit("fundamental", xy1, xy2, threshold_px, config)
     H, h_inliers = _fit("homography", xy1, xy2, threshold_px, config)
     nf, nh = int(f_inliers.sum()), int(h_inliers.sum())
-    if H is not None and nh >= config.min_inliers and nh >= config.homography_ratio * nf:
-        return Verification("homography", H, h_inliers)
+    planar = H is not None and nh >= config.min_inliers and nh >= config.homography_ratio * nf
     if F is not None and nf >= config.min_inliers:
-        return Verification("fundamental", F, f_inliers)
+        return Verification("planar" if planar else "fundamental", F, H if planar else None, f_inliers)
+    if planar:
+        return Verification("planar", None, H, h_inliers)
     return none

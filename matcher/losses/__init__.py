@@ -1,0 +1,62 @@
+"""Descriptor-learning losses: ``loss(descriptors (B, D) unit rows, labels (B,)) -> scalar``.
+
+One module per loss (shared/docs/methods.md): :class:`HardNetLoss` (baseline), :class:`SDGMLoss`,
+:class:`SmartMiningLoss`, :class:`DGCRLLoss` (with :class:`NormalizeScale`) and :class:`DDTASLoss`. Shared pieces
+(the contract, pair masks, in-batch hardest negatives) are in :mod:`matcher.losses.base`.
+
+Example:
+    >>> import torch
+    >>> loss = get_loss("hardnet", margin=1.0)
+    >>> x = torch.nn.functional.normalize(torch.randn(8, 128), dim=1)
+    >>> float(loss(x, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))) >= 0
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from matcher.losses.base import DescriptorLoss, hardest_negatives, pair_indices, same_label_mask
+from matcher.losses.ddtas import DDTASLoss
+from matcher.losses.dgcrl import DGCRLLoss, NormalizeScale, gram_schmidt
+from matcher.losses.hardnet import HardNetLoss
+from matcher.losses.sdgm import SDGMLoss
+from matcher.losses.smart_mining import SmartMiningLoss, build_neighbour_index
+
+__all__ = [
+    "LOSSES",
+    "DDTASLoss",
+    "DGCRLLoss",
+    "DescriptorLoss",
+    "HardNetLoss",
+    "NormalizeScale",
+    "SDGMLoss",
+    "SmartMiningLoss",
+    "build_neighbour_index",
+    "get_loss",
+    "gram_schmidt",
+    "hardest_negatives",
+    "pair_indices",
+    "same_label_mask",
+]
+
+#: registry name -> loss class.
+LOSSES: dict[str, type[DescriptorLoss]] = {
+    "ddtas": DDTASLoss,
+    "dgcrl": DGCRLLoss,
+    "hardnet": HardNetLoss,
+    "sdgm": SDGMLoss,
+    "smart_mining": SmartMiningLoss,
+}
+
+
+def get_loss(name: str, **kwargs: Any) -> DescriptorLoss:
+    """Build a loss by name ("hardnet", "sdgm", "smart_mining", "dgcrl", "ddtas"); ``kwargs`` go to its constructor.
+
+    Raises:
+        KeyError: for an unknown name (the message lists the known ones).
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in LOSSES:
+        raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[key](**kwargs)

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real photos of ../shared/data and small scenes built from them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    """``$MATCHER_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("MATCHER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_shared(*parts: str) -> Path:
+    path = shared_data().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set MATCHER_SHARED_DATA)")
+    return path
+
+
+def run_scene_tests() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("MATCHER_SCENE_TESTS") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if run_scene_tests():
+        return
+    skip = pytest.mark.skip(reason="full-scene runs take minutes: they run where CI=true (or MATCHER_SCENE_TESTS=1)")
+    for item in items:
+        if "scene" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def entry_p10() -> Path:
+    """The 10 images of Strecha's entry-P10 (1600x1067), with K.txt beside them."""
+    return require_shared("scenes", "entry-P10", "images")
+
+
+@pytest.fixture(scope="session")
+def small_scene(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
+    """Four consecutive real entry-P10 photos in a temporary folder (a fast, reconstructable scene)."""
+    folder = tmp_path_factory.mktemp("small_scene")
+    for name in ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg"):
+        shutil.copy(entry_p10 / name, folder / name)
+    return folder

@@ -189,3 +189,129 @@ def read_database_summary(db_path: Path) -> dict[str, int]:
             verified_pairs=db.num_verified_image_pairs(),
             inlier_matches=db.num_inlier_matches(),
         )
+
+
+# --- Reading matches back (evaluation and ``matcher show``) ------------------------------------------------
+
+
+@dataclass
+class DatabasePair:
+    """Keypoints, raw matches and verified inliers of one image pair, read from any COLMAP database.
+
+    ``keypoints1``/``keypoints2``: (N, 2) float64 in our pixel convention (COLMAP's 0.5 already subtracted);
+    ``matches``: (M, 2) int64 raw matches, column 0 indexing ``keypoints1`` (the pair's first name);
+    ``inliers``: (M,) bool, the matches kept by the pair's two-view geometry; ``config``: its
+    ``TwoViewGeometryConfiguration`` as an int (0, UNDEFINED, when the pair has none);
+    ``size1``/``size2``: (width, height) of the images' cameras.
+    """
+
+    name1: str
+    name2: str
+    keypoints1: np.ndarray
+    keypoints2: np.ndarray
+    matches: np.ndarray
+    inliers: np.ndarray
+    config: int
+    size1: tuple[int, int]
+    size2: tuple[int, int]
+
+    @property
+    def xy1(self) -> np.ndarray:
+        """(M, 2) coordinates of the matched keypoints in image 1."""
+        return self.keypoints1[self.matches[:, 0]]
+
+    @property
+    def xy2(self) -> np.ndarray:
+        return self.keypoints2[self.matches[:, 1]]
+
+
+def _open_existing(db_path: Path) -> pycolmap.Database:
+    """Open a database that must exist (``Database.open`` would silently create a missing one)."""
+    from matcher.errors import IncompatibleDatabaseError
+
+    db_path = Path(db_path)
+    if not db_path.is_file():
+        raise IncompatibleDatabaseError(f"{db_path}: database not found")
+    try:
+        return pycolmap.Database.open(db_path)
+    except Exception as exc:  # pycolmap raises RuntimeError for files that are not SQLite databases
+        raise IncompatibleDatabaseError(f"{db_path}: not a COLMAP database ({exc})") from None
+
+
+def read_image_names(db_path: Path) -> list[str]:
+    """Names of the images in a database, sorted."""
+    with _open_existing(db_path) as db:
+        return sorted(image.name for image in db.read_all_images())
+
+
+def _inlier_mask(raw: np.ndarray, inlier: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(matches, mask): the raw matches flagged by membership in the inlier matches.
+
+    Inlier matches missing from the raw ones (a database holding only two-view geometries) are appended.
+    """
+    raw = raw.astype(np.int64).reshape(-1, 2)
+    inlier = inlier.astype(np.int64).reshape(-1, 2)
+    if len(inlier) == 0:
+        return raw, np.zeros(len(raw), bool)
+    width = int(max(raw[:, 1].max(initial=0), inlier[:, 1].max(initial=0))) + 1
+    raw_keys, inlier_keys = raw[:, 0] * width + raw[:, 1], inlier[:, 0] * width + inlier[:, 1]
+    mask = np.isin(raw_keys, inlier_keys)
+    extra = inlier[~np.isin(inlier_keys, raw_keys)]
+    if len(extra):
+        raw = np.concatenate([raw, extra])
+        mask = np.concatenate([mask, np.ones(len(extra), bool)])
+    return raw, mask
+
+
+def read_pairs(db_path: Path, pairs: Iterable[tuple[str, str]]) -> Iterable[DatabasePair]:
+    """Yield a :class:`DatabasePair` for each ``(name1, name2)``, in the order asked (either id order works).
+
+    A pair without matches yields empty arrays. Raises IncompatibleDatabaseError for a missing database or
+    an image name it does not hold (the message lists a few names it does hold).
+    """
+    from matcher.errors import IncompatibleDatabaseError
+
+    with _open_existing(db_path) as db:
+        images = {image.name: image for image in db.read_all_images()}
+        cameras = {camera.camera_id: camera for camera in db.read_all_cameras()}
+        keypoints: dict[str, np.ndarray] = {}
+
+        def image_keypoints(name: str) -> np.ndarray:
+            if name not in keypoints:
+                image_id = images[name].image_id
+                xy = (
+                    db.read_keypoints(image_id)[:, :2].astype(np.float64)
+                    if db.exists_keypoints(image_id)
+                    else np.zeros((0, 2))
+                )
+                keypoints[name] = xy - COLMAP_PIXEL_OFFSET
+            return keypoints[name]
+
+        for name1, name2 in pairs:
+            for name in (name1, name2):
+                if name not in images:
+                    known = sorted(images)
+                    shown = ", ".join(known[:5]) + (", ..." if len(known) > 5 else "")
+                    raise IncompatibleDatabaseError(
+                        f"{db_path}: no image named '{name}' in the database ({len(known)} images: {shown})"
+                    )
+            id1, id2 = images[name1].image_id, images[name2].image_id
+            raw = db.read_matches(id1, id2) if db.exists_matches(id1, id2) else np.zeros((0, 2), np.uint32)
+            config, inlier = 0, np.zeros((0, 2), np.uint32)
+            if db.exists_two_view_geometry(id1, id2):
+                tvg = db.read_two_view_geometry(id1, id2)  # pycolmap swaps to (id1, id2) order itself
+                config, inlier = int(tvg.config), tvg.inlier_matches
+            matches, mask = _inlier_mask(raw, inlier)
+            c1, c2 = cameras[images[name1].camera_id], cameras[images[name2].camera_id]
+            yield DatabasePair(
+                name1, name2, image_keypoints(name1), image_keypoints(name2), matches, mask, config,
+                (int(c1.width), int(c1.height)), (int(c2.width), int(c2.height)),
+            )
+
+
+def read_keypoints_and_matches(db_path: Path, name1: str, name2: str) -> DatabasePair:
+    """Keypoints (our pixel convention), raw matches and verified inliers of one pair; see :func:`read_pairs`."""
+    return next(iter(read_pairs(db_path, [(name1, name2)])))
+
+
+__all__ += ["DatabasePair", "read_image_names", "read_pairs", "read_keypoints_and_matches"]

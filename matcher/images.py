@@ -20,7 +20,15 @@ from PIL import Image, UnidentifiedImageError
 
 from matcher.errors import ImageReadError, NoImagesError
 
-__all__ = ["IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "ImageData", "list_images", "read_image", "resize_for_detection"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MIN_IMAGE_SIDE",
+    "ImageData",
+    "list_images",
+    "list_other_files",
+    "read_image",
+    "resize_for_detection",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
 MIN_IMAGE_SIDE = 16
@@ -68,6 +76,17 @@ def list_images(folder: Path) -> list[str]:
     if not names:
         raise NoImagesError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return names
+
+
+def list_other_files(folder: Path) -> list[str]:
+    """Relative names of the files under ``folder`` that are not images by their extension (reported as
+    skipped, so users see that e.g. ``K.txt`` was not used)."""
+    folder = Path(folder)
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
+    )
 
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:

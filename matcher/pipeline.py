@@ -31,7 +31,7 @@ from matcher.config import PipelineConfig, config_to_toml
 from matcher.descriptors import build_descriptor, resolve_weights
 from matcher.detect import detect_keypoints
 from matcher.errors import DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
-from matcher.images import list_images, read_image, resize_for_detection
+from matcher.images import list_images, list_other_files, read_image, resize_for_detection
 from matcher.matching import mutual_nearest_neighbours
 from matcher.pairs import make_pairs
 from matcher.reconstruct import ReconstructionSummary, reconstruct
@@ -291,6 +291,9 @@ def run_match(
     np.random.seed(config.mapping.seed)
 
     report.images_found = len(names)
+    for name in list_other_files(image_dir):
+        log.warning("skipped %s: not an image file", image_dir / name)
+        report.skipped.append((name, "not an image file"))
     duplicates = _same_content_groups(image_dir, names)
     for name, reason in duplicates.items():
         log.warning("skipped %s: %s", image_dir / name, reason)

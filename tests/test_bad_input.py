@@ -62,6 +62,8 @@ EXPECTED_SKIPS = {
     "notes.jpg": "not a readable image",
     "tiny.png": "too small",
     "flat.png": "no keypoints",
+    "K.txt": "not an image file",
+    "Readme.txt": "not an image file",
 }
 EXPECTED_USED = ["0002.jpg", "0004_rgba.png", "0005_16bit.PNG", "sub/0003_gray.JPG"]
 
@@ -80,7 +82,7 @@ def test_each_bad_file_is_skipped_with_its_reason_and_the_run_goes_on(messy_fold
     for name, reason in EXPECTED_SKIPS.items():
         warning = [line for line in result.output.splitlines() if line.startswith("skipped") and name in line]
         assert warning and reason in warning[0], (name, result.output)
-    summary = result.output[result.output.index("skipped 6 file(s):") :]
+    summary = result.output[result.output.index("skipped 8 file(s):") :]
     for name in EXPECTED_SKIPS:
         assert name in summary
     with pycolmap.Database.open(db) as database:

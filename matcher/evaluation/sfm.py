@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "absolute_pose_errors",
+    "rotation_alignment",
     "align_similarity",
     "compare_to_strecha",
     "reconstruction_poses",
@@ -96,9 +97,15 @@ def absolute_pose_errors(
     """Per-camera (rotation error deg (N,), position error (N,) in ground-truth units).
 
     R_est, R_gt: (N, 3, 3) cam_from_world rotations; C_est, C_gt: (N, 3) camera centres, same order.
-    The estimated centres are aligned to the ground truth with :func:`align_similarity`
-    (C_gt ~ s Q C_est + t); the estimated rotations are expressed in the ground-truth frame
-    (R_est Q^T) before taking the angle to R_gt. Needs N >= 3 non-collinear centres.
+
+    * Positions: the estimated centres are aligned to the ground truth with :func:`align_similarity`
+      (C_gt ~ s Q C_est + t), and the residual distances are reported.
+    * Rotations: the global rotation Q is taken from the camera orientations themselves (the chordal L2 mean
+      of R_gtᵀ R_est, projected onto SO(3)), and the angle of R_gt vs R_est Qᵀ is reported. Centres alone
+      fix Q poorly when they are nearly coplanar or collinear (a walk along a facade, as in entry-P10, where
+      the centre-based Q adds about 0.4° to every camera), while orientations fix it for any layout.
+
+    Needs N >= 3 non-collinear centres for the positions.
     """
     R_est = np.asarray(R_est, dtype=np.float64).reshape(-1, 3, 3)
     R_gt = np.asarray(R_gt, dtype=np.float64).reshape(-1, 3, 3)
@@ -108,8 +115,31 @@ def absolute_pose_errors(
         raise ValueError("R_est, C_est, R_gt and C_gt must hold the same number of cameras")
     scale, Q, t = align_similarity(C_est, C_gt, robust=robust)
     position = _residuals(C_est, C_gt, scale, Q, t)
-    rotation = np.array([rotation_angle_deg(Rg @ Q @ Re.T) for Re, Rg in zip(R_est, R_gt)])
+    Q_rot = rotation_alignment(R_est, R_gt, robust=robust)
+    rotation = np.array([rotation_angle_deg(Rg @ Q_rot @ Re.T) for Re, Rg in zip(R_est, R_gt)])
     return rotation, position
+
+
+def _chordal_mean(Q: np.ndarray) -> np.ndarray:
+    U, _, Vt = np.linalg.svd(Q.sum(axis=0))
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+
+
+def rotation_alignment(R_est: np.ndarray, R_gt: np.ndarray, robust: bool = False) -> np.ndarray:
+    """The rotation Q (3, 3) that best maps estimated orientations onto the ground truth: R_gt ≈ R_est Qᵀ.
+
+    Chordal L2 mean of the per-camera estimates Q_i = R_gt_iᵀ R_est_i, projected onto SO(3). With
+    ``robust``, the candidate Q_i with the smallest median angle to the others is found first, and the mean is
+    taken over the cameras within 3 median angles of it (so one bad camera does not tilt all the others).
+    """
+    Q = np.einsum("nji,njk->nik", np.asarray(R_gt, np.float64), np.asarray(R_est, np.float64))
+    if not robust or len(Q) < 3:
+        return _chordal_mean(Q)
+    angles = np.array([[rotation_angle_deg(a @ b.T) for b in Q] for a in Q])
+    medians = np.median(angles, axis=1)
+    best = int(np.argmin(medians))
+    keep = angles[best] <= max(3.0 * medians[best], 1e-9)
+    return _chordal_mean(Q[keep])
 
 
 def reconstruction_poses(rec: "pycolmap.Reconstruction") -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -31,7 +31,7 @@ class RootSIFT:
     dim = 128
 
     def __init__(self) -> None:
-        self._sift = cv2.SIFT_create()
+        self._sift = cv2.SIFT_create(enable_precise_upscale=True)  # the detector's pyramid (matcher.detect)
 
     def describe(self, gray: np.ndarray, keypoints: Keypoints) -> np.ndarray:
         """gray (h, w) uint8, N keypoints in its frame -> (N, 128) float32."""

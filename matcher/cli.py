@@ -48,6 +48,7 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
         "camera_model": ("export", "camera_model"),
         "single_camera": ("export", "single_camera"),
         "seed": ("mapping", "seed"),
+        "mapper": ("mapping", "mapper"),
     }
     out: list[dict[str, dict[str, Any]]] = []
     for flag, (section, key) in mapping.items():
@@ -93,6 +94,8 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--camera-model", default=None, help="COLMAP camera model (SIMPLE_RADIAL, PINHOLE, OPENCV, ...).")
 @click.option("--single-camera", is_flag=True, default=False, help="All images share one camera.")
 @click.option("--seed", type=int, default=None, help="Random seed (mapping).")
+@click.option("--mapper", type=click.Choice(["incremental", "global"]), default=None,
+              help="SfM for --reconstruct: incremental (default) or global (GLOMAP; for forward-moving captures).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config value.")
 @click.option("--overwrite", is_flag=True, default=False,
               help="Replace an existing database (and caches computed with other settings).")
@@ -121,13 +124,15 @@ def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipelin
 @click.option("--seed", type=int, default=0, show_default=True, help="COLMAP random seed.")
 @click.option("--num-threads", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
 @click.option("--min-model-size", type=int, default=3, show_default=True, help="Smallest model kept.")
+@click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
+              help="pycolmap incremental mapping or global mapping (GLOMAP).")
 def reconstruct_command(database: Path, images: Path, out: Path, seed: int, num_threads: int,
-                        min_model_size: int) -> None:
-    """Incremental SfM (pycolmap) on DATABASE; the largest model is written to OUT."""
+                        min_model_size: int, mapper: str) -> None:
+    """SfM (pycolmap) on DATABASE; the largest model is written to OUT."""
     from matcher.config import MappingConfig
     from matcher.reconstruct import reconstruct
 
-    config = MappingConfig(num_threads=num_threads, seed=seed, min_model_size=min_model_size)
+    config = MappingConfig(mapper=mapper, num_threads=num_threads, seed=seed, min_model_size=min_model_size)
     with tqdm(desc="map", unit="img") as bar:
         _, summary = reconstruct(database, images, out, config, on_image=lambda: bar.update(1))
     click.echo(f"reconstruction: {summary.format()}")

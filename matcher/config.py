@@ -130,12 +130,22 @@ class ExportConfig:
 
 @dataclass
 class MappingConfig:
-    """pycolmap incremental mapping. ``num_threads`` -1: all cores. ``seed`` fixes COLMAP's RNG."""
+    """SfM with pycolmap. ``num_threads`` -1: all cores. ``seed`` fixes COLMAP's RNG.
 
+    ``mapper``: ``incremental`` (``pycolmap.incremental_mapping``) or ``global`` (``pycolmap.global_mapping``,
+    GLOMAP). Incremental mapping starts from a pair with a wide triangulation angle and not too much forward
+    motion (``init_min_tri_angle`` degrees, ``init_max_forward_motion``, COLMAP's defaults 16 and 0.95); a
+    capture walking straight ahead (the Lund street of ../shared/data) offers no such pair, and global mapping
+    registers all of it.
+    """
+
+    mapper: str = "incremental"
     num_threads: int = -1
     seed: int = 0
     min_model_size: int = 3
     min_num_matches: int = 15
+    init_min_tri_angle: float = 16.0
+    init_max_forward_motion: float = 0.95
 
 
 @dataclass

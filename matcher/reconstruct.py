@@ -10,6 +10,7 @@ from typing import Callable
 import pycolmap
 
 from matcher.config import MappingConfig
+from matcher.errors import ConfigError
 
 __all__ = ["ReconstructionSummary", "reconstruct", "summarize"]
 
@@ -52,7 +53,7 @@ def reconstruct(
     config: MappingConfig | None = None,
     on_image: Callable[[], None] | None = None,
 ) -> tuple[pycolmap.Reconstruction | None, ReconstructionSummary]:
-    """Run ``pycolmap.incremental_mapping`` and keep the largest model, written to ``out_dir``.
+    """Run ``pycolmap.incremental_mapping`` (or ``global_mapping``) and keep the largest model, in ``out_dir``.
 
     ``out_dir`` receives ``cameras.bin``, ``images.bin``, ``points3D.bin``, ``rigs.bin``, ``frames.bin`` of the
     largest model (the other models, if any, are left in ``out_dir/models/<k>``).
@@ -67,19 +68,31 @@ def reconstruct(
     if work.exists():
         shutil.rmtree(work)
     work.mkdir()
-    options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = config.num_threads
-    options.random_seed = config.seed
-    options.min_model_size = config.min_model_size
-    options.min_num_matches = config.min_num_matches
+    if config.mapper not in ("incremental", "global"):
+        raise ConfigError(f"mapping.mapper must be 'incremental' or 'global', got '{config.mapper}'")
     with pycolmap.Database.open(Path(db_path)) as db:
         total = db.num_images()
     previous_level = pycolmap.logging.minloglevel
     pycolmap.logging.minloglevel = max(previous_level, 2)  # COLMAP's per-image INFO log drowns the progress bar
     try:
-        models = pycolmap.incremental_mapping(
-            Path(db_path), Path(image_dir), work, options=options, next_image_callback=on_image
-        )
+        if config.mapper == "global":
+            options = pycolmap.GlobalPipelineOptions()
+            options.num_threads = config.num_threads
+            options.random_seed = config.seed
+            options.min_num_matches = config.min_num_matches
+            options.min_model_size = config.min_model_size
+            models = pycolmap.global_mapping(Path(db_path), Path(image_dir), work, options=options)
+        else:
+            options = pycolmap.IncrementalPipelineOptions()
+            options.num_threads = config.num_threads
+            options.random_seed = config.seed
+            options.min_model_size = config.min_model_size
+            options.min_num_matches = config.min_num_matches
+            options.mapper.init_min_tri_angle = config.init_min_tri_angle
+            options.mapper.init_max_forward_motion = config.init_max_forward_motion
+            models = pycolmap.incremental_mapping(
+                Path(db_path), Path(image_dir), work, options=options, next_image_callback=on_image
+            )
     finally:
         pycolmap.logging.minloglevel = previous_level
     if not models:

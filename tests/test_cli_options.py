@@ -74,3 +74,12 @@ def test_exif_focal_length_becomes_a_flagged_prior(tmp_path: Path) -> None:
     assert (exif.width, exif.height) == (2832, 2128)
     assert exif.has_prior_focal_length and exif.focal_length == pytest.approx(2865.36, abs=0.1)
     assert not plain.has_prior_focal_length and plain.focal_length == pytest.approx(1.2 * 1600)
+
+
+def test_global_mapper(small_scene: Path, tmp_path: Path) -> None:
+    db, sparse = tmp_path / "g.db", tmp_path / "sparse"
+    args = [str(small_scene), "--out", str(db), "--reconstruct", str(sparse), "--mapper", "global", *FAST]
+    result = CliRunner().invoke(match_command, args)
+    assert result.exit_code == 0, result.output
+    rec = pycolmap.Reconstruction(sparse)
+    assert rec.num_reg_images() == 4 and rec.compute_mean_reprojection_error() < 1.0

@@ -192,3 +192,8 @@ main.add_command(demo_command)
 from matcher.evaluation.commands import eval_command, show_command  # noqa: E402
 main.add_command(eval_command)
 main.add_command(show_command)
+from matcher.training.commands import dataset_group, finetune_command, train_command  # noqa: E402
+
+main.add_command(dataset_group)
+main.add_command(train_command)
+main.add_command(finetune_command)

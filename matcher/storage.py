@@ -20,6 +20,14 @@
 
 A group without ``complete`` is a write that was interrupted: it is deleted and redone on the next run.
 Every group is flushed to disk when written, so a killed run loses at most the group in progress.
+
+Patch datasets (training), one file each, written whole and renamed into place:
+
+    patches   (N, 32, 32) uint8   grey patches (x / 255 gives the network's [0, 1] input)
+    labels    (N,)        int64   identity (3D point or warped keypoint)
+    photo     (N,)        int64   index into attrs["names"] of the source image
+    view      (N,)        int64   keypoint index in that image (or warp index for homography sets)
+    attrs: names (JSON list), source (free text), magnification
 """
 
 from __future__ import annotations
@@ -33,7 +41,16 @@ import numpy as np
 
 from matcher.errors import IncompatibleDatabaseError
 
-__all__ = ["ImageFeatures", "PairMatches", "FeatureStore", "MatchStore", "escape_name", "pair_key"]
+__all__ = [
+    "ImageFeatures",
+    "PairMatches",
+    "FeatureStore",
+    "MatchStore",
+    "escape_name",
+    "pair_key",
+    "write_patch_dataset",
+    "read_patch_dataset",
+]
 
 
 def escape_name(name: str) -> str:
@@ -190,3 +207,45 @@ class MatchStore(_Store):
             H=group["H"][()] if "H" in group else None,
             model=str(group.attrs["model"]),
         )
+
+
+def write_patch_dataset(
+    path: Path,
+    patches: np.ndarray,
+    labels: np.ndarray,
+    photo: np.ndarray,
+    view: np.ndarray,
+    names: list[str],
+    source: str,
+    magnification: float,
+) -> None:
+    """Write a patch dataset (layout in the module docstring); ``patches`` (N, 32, 32) uint8."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("patches", data=patches.astype(np.uint8), chunks=(min(len(patches), 4096), 32, 32))
+        f.create_dataset("labels", data=labels.astype(np.int64))
+        f.create_dataset("photo", data=photo.astype(np.int64))
+        f.create_dataset("view", data=view.astype(np.int64))
+        f.attrs["names"] = json.dumps(list(names))
+        f.attrs["source"] = source
+        f.attrs["magnification"] = float(magnification)
+    tmp.replace(path)
+
+
+def read_patch_dataset(path: Path) -> dict:
+    """Read a patch dataset: a dict of the arrays and the attributes (``names`` as a list)."""
+    import json
+
+    try:
+        with h5py.File(Path(path), "r") as f:
+            out = {key: f[key][()] for key in ("patches", "labels", "photo", "view")}
+            out["names"] = json.loads(f.attrs["names"])
+            out["source"] = str(f.attrs["source"])
+            out["magnification"] = float(f.attrs["magnification"])
+    except (OSError, KeyError) as exc:
+        raise IncompatibleDatabaseError(f"{path}: not a patch dataset ({exc})") from None
+    return out

@@ -111,12 +111,18 @@ class PKSampler:
 
 
 def verification_pairs(
-    labels: torch.Tensor | np.ndarray, num_pairs: int, seed: int = 0, positive_fraction: float = 0.5
+    labels: torch.Tensor | np.ndarray,
+    num_pairs: int,
+    seed: int = 0,
+    positive_fraction: float = 0.5,
+    groups: torch.Tensor | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random verification pairs for FPR95 / AP: matching pairs (two views of one identity) and non-matching pairs.
 
     Like UBC's ``m50_*`` files: about ``positive_fraction`` of the pairs match; a positive pair is two distinct
-    views of a random identity with >= 2 views, a negative pair is two samples of different identities.
+    views of a random identity with >= 2 views, a negative pair is two samples of different identities. With
+    ``groups`` (N,) (e.g. the source photo of each patch), a negative pair's two samples come from the same group,
+    which makes negatives harder (same texture, same lighting); a group needs >= 2 identities.
 
     Returns:
         (index1 (M,), index2 (M,), is_match (M,) int64) with M = ``num_pairs``.
@@ -135,11 +141,29 @@ def verification_pairs(
     off2 = (off1 + 1 + (rng.random(n_pos) * (counts[ids] - 1)).astype(np.int64)) % counts[ids]
     pos1 = order[starts[ids] + off1]
     pos2 = order[starts[ids] + off2]
-    neg1 = rng.integers(0, lab.size, n_neg)
-    neg2 = rng.integers(0, lab.size, n_neg)
+    if groups is None:
+        grp = np.zeros(lab.size, np.int64)
+    else:
+        grp = _as_numpy_labels(groups)
+        if grp.shape != lab.shape:
+            raise ValueError("groups must have one entry per label")
+    g_order = np.argsort(grp, kind="stable")
+    g_uniq, g_starts, g_counts = np.unique(grp[g_order], return_index=True, return_counts=True)
+    ok_group = np.array([len(np.unique(lab[g_order[s : s + c]])) >= 2 for s, c in zip(g_starts, g_counts)])
+    if not ok_group.any():
+        raise ValueError("no group has two identities")
+    eligible = np.flatnonzero(ok_group[np.searchsorted(g_uniq, grp)])
+    neg1 = rng.choice(eligible, n_neg, replace=True)
+    gi = np.searchsorted(g_uniq, grp[neg1])
+
+    def draw(mask_idx: np.ndarray) -> np.ndarray:
+        off = (rng.random(mask_idx.size) * g_counts[gi[mask_idx]]).astype(np.int64)
+        return g_order[g_starts[gi[mask_idx]] + off]
+
+    neg2 = draw(np.arange(n_neg))
     clash = lab[neg1] == lab[neg2]
     while clash.any():
-        neg2[clash] = rng.integers(0, lab.size, int(clash.sum()))
+        neg2[clash] = draw(np.flatnonzero(clash))
         clash = lab[neg1] == lab[neg2]
     idx1 = np.concatenate([pos1, neg1])
     idx2 = np.concatenate([pos2, neg2])

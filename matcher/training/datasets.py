@@ -1,0 +1,119 @@
+"""Patch datasets on disk (HDF5, layout in :mod:`matcher.storage`) and how they are built.
+
+* From a scene: run ``match`` + reconstruction on a folder (or reuse a given model), then the tracks of the
+  reconstruction become identities (:mod:`matcher.training.track_patches`).
+* From homographies: random warps and photometric changes of photos (self-supervised; works on any folder,
+  :mod:`matcher.training.homography_patches`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from matcher.config import PipelineConfig, load_config
+from matcher.pipeline import OutputPaths, run_match
+from matcher.storage import read_patch_dataset, write_patch_dataset
+from matcher.training.homography_patches import PatchSet, make_homography_patches
+from matcher.training.track_patches import patches_from_reconstruction
+
+__all__ = [
+    "save_patch_set",
+    "load_patch_set",
+    "concat_patch_sets",
+    "build_scene_dataset",
+    "build_homography_dataset",
+    "reconstruct_scene",
+]
+
+log = logging.getLogger("matcher")
+
+
+def save_patch_set(patch_set: PatchSet, path: Path, source: str, magnification: float) -> None:
+    """Write a :class:`PatchSet` (patches quantised to uint8)."""
+    patches = (patch_set.patches[:, 0].clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    write_patch_dataset(path, patches, patch_set.labels.numpy(), patch_set.photo.numpy(), patch_set.view.numpy(),
+                        list(patch_set.names), source, magnification)
+
+
+def load_patch_set(path: Path) -> PatchSet:
+    """Read a patch dataset; patches come back as (N, 1, 32, 32) float32 in [0, 1]."""
+    data = read_patch_dataset(path)
+    return PatchSet(
+        patches=torch.from_numpy(data["patches"]).float().div_(255.0)[:, None],
+        labels=torch.from_numpy(data["labels"]),
+        photo=torch.from_numpy(data["photo"]),
+        view=torch.from_numpy(data["view"]),
+        names=tuple(data["names"]),
+    )
+
+
+def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
+    """Concatenate, keeping identities and photos distinct across sets."""
+    patches, labels, photo, view, names = [], [], [], [], []
+    label_offset, photo_offset = 0, 0
+    for s in sets:
+        patches.append(s.patches)
+        labels.append(s.labels + label_offset)
+        photo.append(s.photo + photo_offset)
+        view.append(s.view)
+        names.extend(s.names)
+        label_offset += int(s.labels.max()) + 1 if len(s) else 0
+        photo_offset += len(s.names)
+    return PatchSet(torch.cat(patches), torch.cat(labels), torch.cat(photo), torch.cat(view), tuple(names))
+
+
+def reconstruct_scene(image_dir: Path, work_dir: Path, config: PipelineConfig, progress: bool = True) -> Path:
+    """``match`` + reconstruction of a folder into ``work_dir`` (reusing a finished one). Returns the model dir."""
+    work_dir = Path(work_dir)
+    sparse = work_dir / "sparse"
+    if (sparse / "points3D.bin").is_file() and (work_dir / "db.db").is_file():
+        return sparse
+    run_match(image_dir, work_dir / "db.db", config, overwrite=True, reconstruct_dir=sparse, progress=progress)
+    return sparse
+
+
+def build_scene_dataset(
+    image_dir: Path,
+    out_path: Path,
+    work_dir: Path,
+    config: PipelineConfig | None = None,
+    sparse_dir: Path | None = None,
+    max_reprojection_error: float = 1.0,
+    progress: bool = True,
+) -> PatchSet:
+    """Patches of a scene's 3D points, written to ``out_path``.
+
+    Without ``sparse_dir`` the scene is matched and reconstructed in ``work_dir`` first (default preset).
+    With it, ``work_dir/db.features.h5`` must be the features of the run that made that model.
+    """
+    config = config or load_config("default")
+    work_dir = Path(work_dir)
+    if sparse_dir is None:
+        sparse_dir = reconstruct_scene(image_dir, work_dir, config, progress)
+    patch_set = patches_from_reconstruction(
+        image_dir, sparse_dir, OutputPaths(work_dir / "db.db").features, config,
+        max_reprojection_error=max_reprojection_error,
+    )
+    save_patch_set(patch_set, out_path, source=f"tracks of {image_dir}", magnification=config.patches.magnification)
+    log.info("%s: %d patches of %d 3D points", out_path, len(patch_set), patch_set.num_identities)
+    return patch_set
+
+
+def build_homography_dataset(
+    photos: Sequence[str | Path],
+    out_path: Path,
+    warps_per_photo: int = 4,
+    max_keypoints: int = 1024,
+    seed: int = 0,
+    magnification: float = 6.0,
+) -> PatchSet:
+    """Self-supervised patches from random homographies of ``photos`` (paths or scikit-image sample names)."""
+    patch_set = make_homography_patches(
+        tuple(photos), n_warps=warps_per_photo, max_keypoints=max_keypoints, seed=seed, magnification=magnification,
+    )
+    save_patch_set(patch_set, out_path, source=f"homographies of {len(photos)} photos", magnification=magnification)
+    return patch_set

@@ -1,0 +1,333 @@
+"""The SDGMNet trainer: any loss of :mod:`matcher.losses`, checkpoints that resume exactly, held-out FPR95.
+
+A run is described by a :class:`TrainConfig` (a TOML file for ``matcher train CONFIG``). It trains on the
+patch datasets of ``train`` (HDF5, :mod:`matcher.training.datasets`), evaluates FPR95 on verification pairs
+drawn from each dataset of ``heldout``, and writes ``out`` (weights + metadata, :mod:`matcher.descriptors.weights`).
+
+Determinism: with the same config, the batches (sampler epochs), the augmentation and the dropout masks of a
+step depend only on ``seed`` and the step number, and the checkpoint holds the model, the optimiser, the loss
+state and the history. A run resumed from a checkpoint therefore ends with the same weights as an
+uninterrupted run (tested). Smart Mining is the exception: its neighbour index is rebuilt from the current
+network when a run resumes, as it would be at its next scheduled refresh.
+
+Speed on CPU: the network runs in ``channels_last`` and, where the processor supports it (``bf16 = true``),
+under bfloat16 autocast; losses compute in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from matcher.descriptors.learned import describe_patches
+from matcher.descriptors.sdgmnet import SDGMNet
+from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
+from matcher.errors import ConfigError
+from matcher.losses import SmartMiningLoss, get_loss
+from matcher.losses.ddtas import DDTASLoss
+from matcher.training.augment import augment_batch
+from matcher.training.datasets import concat_patch_sets, load_patch_set
+from matcher.training.homography_patches import PatchSet
+from matcher.training.metrics import average_precision, fpr95
+from matcher.training.sampler import PKSampler, verification_pairs
+
+__all__ = ["TrainConfig", "TrainResult", "load_train_config", "train", "evaluate_fpr95"]
+
+log = logging.getLogger("matcher")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Paths are relative to the config file's folder when loaded from TOML.
+
+    Attributes:
+        train: patch datasets to train on.
+        heldout: patch datasets for held-out FPR95 (never trained on).
+        out: weights file to write.
+        init: weights to start from ("" = random init; a shipped name or a .pt file to fine-tune).
+        loss: a name of :func:`matcher.losses.get_loss`; ``loss_options`` its keyword arguments.
+        steps: optimiser steps; ``identities_per_batch`` P and ``views_per_identity`` K (2 = HardNet batch).
+        optimizer: "sgd" (momentum 0.9, the SDGMNet recipe) or "adam"; ``lr``, ``weight_decay``.
+        schedule: "halving" (halve the LR every 10% of the run, SDGMNet), "linear" (to 0, HardNet), "constant".
+        augment: the SDGMNet augmentation (:mod:`matcher.training.augment`).
+        bf16: bfloat16 autocast for the network; ``channels_last`` memory format.
+        eval_every / checkpoint_every: steps between held-out evaluations / checkpoints; ``eval_pairs`` pairs
+        per held-out set.
+        meta_val_fraction: identities of the training data kept aside as DDTAS's meta-validation batches.
+        seed: every random draw.
+    """
+
+    train: list[str] = field(default_factory=list)
+    heldout: list[str] = field(default_factory=list)
+    out: str = "sdgmnet.pt"
+    init: str = ""
+    loss: str = "sdgm"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 2000
+    identities_per_batch: int = 256
+    views_per_identity: int = 2
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    weight_decay: float = 1e-4
+    schedule: str = "halving"
+    augment: bool = True
+    bf16: bool = True
+    channels_last: bool = True
+    eval_every: int = 250
+    eval_pairs: int = 20000
+    checkpoint_every: int = 250
+    meta_val_fraction: float = 0.1
+    magnification: float = 6.0
+    seed: int = 0
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.out).with_suffix(".ckpt")
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the weights file, the held-out FPR95 history and timing."""
+
+    out: Path
+    steps: int
+    history: list[dict[str, float]]
+    seconds: float
+    resumed_from: int
+
+
+def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML training config (top-level keys = :class:`TrainConfig` fields)."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read training config ({exc})") from None
+    values.update(overrides or {})
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    base = path.parent
+
+    def relative(p: str) -> str:
+        return p if not p or Path(p).is_absolute() else str(base / p)
+
+    for key in ("train", "heldout"):
+        values[key] = [relative(p) for p in values.get(key, [])]
+    if "out" in values:
+        values["out"] = relative(values["out"])
+    if values.get("init", "").endswith(".pt"):
+        values["init"] = relative(values["init"])
+    return TrainConfig(**values)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**62)
+
+
+def evaluate_fpr95(
+    model: SDGMNet, patch_set: PatchSet, num_pairs: int = 20000, seed: int = 0
+) -> dict[str, float]:
+    """FPR95 and average precision of verification pairs (half matching) of a held-out patch set.
+
+    Negatives are two patches of different identities from the same image (harder than across images).
+    """
+    i1, i2, is_match = verification_pairs(patch_set.labels, num_pairs, seed=seed, groups=patch_set.photo)
+    needed = np.unique(np.concatenate([i1, i2]))
+    descriptors = torch.zeros((len(patch_set), 128))
+    descriptors[needed] = describe_patches(model, patch_set.patches[needed], batch_size=1024, bf16=False)
+    scores = (descriptors[i1] * descriptors[i2]).sum(1).numpy()
+    return {"fpr95": fpr95(is_match, scores), "ap": average_precision(is_match, scores)}
+
+
+def _lr_at(config: TrainConfig, step: int) -> float:
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "linear":
+        return config.lr * (1.0 - step / config.steps)
+    if config.schedule == "halving":
+        return config.lr * 0.5 ** int(10 * step / config.steps)
+    raise ConfigError(f"unknown schedule '{config.schedule}' (halving, linear, constant)")
+
+
+def _optimizer(config: TrainConfig, model: torch.nn.Module, loss: torch.nn.Module) -> torch.optim.Optimizer:
+    params = list(model.parameters()) + [p for p in loss.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"unknown optimizer '{config.optimizer}' (sgd, adam)")
+
+
+def _split_meta_validation(data: PatchSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    labels = data.labels.numpy()
+    unique = np.unique(labels)
+    rng = np.random.default_rng(seed + 99)
+    held = rng.choice(unique, max(2, int(fraction * len(unique))), replace=False)
+    is_val = np.isin(labels, held)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _batches(config: TrainConfig, loss: torch.nn.Module, model: SDGMNet, data: PatchSet, train_idx: np.ndarray,
+             start: int) -> Iterator[np.ndarray]:
+    """Index batches (into ``data``) for steps start, start+1, ..."""
+    if isinstance(loss, SmartMiningLoss):
+        sub_labels = data.labels[train_idx]
+        stream = loss.batch_stream(model, data.patches[train_idx], sub_labels, config.identities_per_batch,
+                                   config.views_per_identity, seed=config.seed)
+        for batch in stream:
+            yield train_idx[batch]
+        return
+    sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
+                        seed=config.seed)
+    for step, batch in enumerate(sampler.batches(config.steps)):
+        if step >= start:
+            yield train_idx[batch]
+
+
+def train(
+    config: TrainConfig,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) a run.
+
+    Args:
+        config: the run.
+        progress: show a progress bar with the loss and the held-out FPR95.
+        stop_after: stop (after checkpointing) once this many steps are done, as if the run were cut off.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    if not config.train:
+        raise ConfigError("training config: 'train' lists no patch dataset")
+    torch.manual_seed(config.seed)
+    data = concat_patch_sets([load_patch_set(Path(p)) for p in config.train])
+    heldout = {Path(p).stem: load_patch_set(Path(p)) for p in config.heldout}
+    if config.init:
+        model, _ = load_sdgmnet(config.init)
+    else:
+        model = SDGMNet()
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss = get_loss(config.loss, **config.loss_options)
+    optimizer = _optimizer(config, model, loss)
+
+    use_meta = isinstance(loss, DDTASLoss) and getattr(loss, "use_otg", False)
+    if use_meta:
+        train_idx, meta_idx = _split_meta_validation(data, config.meta_val_fraction, config.seed)
+    else:
+        train_idx, meta_idx = np.arange(len(data)), np.zeros(0, np.int64)
+
+    history: list[dict[str, float]] = []
+    start = 0
+    ckpt = config.checkpoint_path()
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state.get("config") != dataclasses.asdict(config):
+            raise ConfigError(f"{ckpt}: checkpoint of another configuration; delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loss.load_state_dict(state["loss"], strict=False)
+        history = state["history"]
+        start = int(state["step"])
+        log.info("resumed %s at step %d", ckpt, start)
+    resumed_from = start
+
+    def checkpoint(step: int) -> None:
+        tmp = ckpt.with_name(ckpt.name + ".partial")
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": dataclasses.asdict(config), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "loss": loss.state_dict(), "history": history,
+                    "step": step}, tmp)
+        tmp.replace(ckpt)
+
+    def evaluate(step: int, last_loss: float) -> dict[str, float]:
+        row: dict[str, float] = {"step": float(step), "loss": last_loss}
+        for name, held in heldout.items():
+            metrics = evaluate_fpr95(model, held, config.eval_pairs, seed=config.seed)
+            row[f"fpr95/{name}"] = metrics["fpr95"]
+            row[f"ap/{name}"] = metrics["ap"]
+        if heldout:
+            row["fpr95"] = float(np.mean([row[f"fpr95/{n}"] for n in heldout]))
+        model.train()
+        return row
+
+    t0 = time.perf_counter()
+    if start == 0 and heldout:
+        history.append(evaluate(0, float("nan")))
+    meta_sampler = (
+        PKSampler(data.labels[meta_idx], max(2, config.identities_per_batch // 8), 2, seed=config.seed + 1)
+        if use_meta else None
+    )
+    meta_stream = meta_sampler.batches(10**9) if meta_sampler is not None else None
+    model.train()
+    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
+    last_loss = float("nan")
+    step = start
+    for step, batch in enumerate(_batches(config, loss, model, data, train_idx, start), start=start):
+        if step >= config.steps or (stop_after is not None and step >= stop_after):
+            break
+        generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
+        torch.manual_seed(_step_seed(config.seed, step) + 1)  # dropout masks
+        patches = data.patches[batch]
+        if config.augment:
+            patches = augment_batch(patches, config.views_per_identity, generator)
+        if config.channels_last:
+            patches = patches.contiguous(memory_format=torch.channels_last)
+        labels = data.labels[batch]
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, step)
+        loss.set_progress(step / config.steps)
+        if meta_stream is not None:
+            meta_batch = meta_idx[next(meta_stream)]
+            loss.meta_step(model, patches, labels, data.patches[meta_batch], data.labels[meta_batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            descriptors = model(patches)
+        value = loss(descriptors.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        last_loss = float(value.detach())
+        done = step + 1
+        if heldout and (done % config.eval_every == 0 or done == config.steps):
+            row = evaluate(done, last_loss)
+            history.append(row)
+            if on_eval is not None:
+                on_eval(row)
+            bar.set_postfix(loss=f"{last_loss:.4f}", fpr95=f"{row['fpr95']:.4f}")
+        else:
+            bar.set_postfix(loss=f"{last_loss:.4f}", fpr95=f"{history[-1]['fpr95']:.4f}" if history else "-")
+        bar.update(1)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            checkpoint(done)
+        step = done
+    bar.close()
+    if stop_after is not None and step < config.steps:
+        checkpoint(step)
+        return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)
+    meta = {
+        "loss": config.loss,
+        "loss_options": config.loss_options,
+        "steps": config.steps,
+        "batch": f"{config.identities_per_batch} identities x {config.views_per_identity} views",
+        "train": [Path(p).name for p in config.train],
+        "heldout": [Path(p).name for p in config.heldout],
+        "magnification": config.magnification,
+        "seed": config.seed,
+        "history": history,
+        "init": config.init,
+    }
+    save_sdgmnet(model.to(memory_format=torch.contiguous_format), Path(config.out), meta)
+    return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)

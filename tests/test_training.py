@@ -1,0 +1,103 @@
+"""The trainer: exact resume from a checkpoint, config files, datasets on disk, and the finetune command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from matcher.cli import main
+from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
+from matcher.training.datasets import build_homography_dataset, load_patch_set
+from matcher.training.hpatches_patches import patches_from_homography_sequence
+from matcher.training.trainer import TrainConfig, load_train_config, train
+from conftest import require_shared
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    pytest.importorskip("skimage")
+    folder = tmp_path_factory.mktemp("patches")
+    build_homography_dataset(("coffee", "brick"), folder / "train.h5", warps_per_photo=2, max_keypoints=120)
+    build_homography_dataset(("camera",), folder / "held.h5", warps_per_photo=2, max_keypoints=120, seed=1)
+    return folder / "train.h5", folder / "held.h5"
+
+
+def _config(tiny_data: tuple[Path, Path], out: Path, **kw) -> TrainConfig:
+    values = dict(train=[str(tiny_data[0])], heldout=[str(tiny_data[1])], out=str(out), loss="sdgm", steps=6,
+                  identities_per_batch=32, eval_every=3, checkpoint_every=2, eval_pairs=500, lr=0.5)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_dataset_roundtrip_keeps_patches_to_one_grey_level(tiny_data: tuple[Path, Path]) -> None:
+    patch_set = load_patch_set(tiny_data[0])
+    assert patch_set.patches.shape[1:] == (1, 32, 32)
+    counts = np.bincount(patch_set.labels.numpy())
+    assert counts.min() >= 2
+    assert torch.all(patch_set.patches * 255 == torch.round(patch_set.patches * 255))
+
+
+@pytest.mark.parametrize("loss", ["sdgm", "hardnet"])
+def test_resumed_training_ends_with_the_same_weights(tiny_data: tuple[Path, Path], tmp_path: Path, loss: str) -> None:
+    straight = train(_config(tiny_data, tmp_path / "a" / "m.pt", loss=loss), progress=False)
+    cut = train(_config(tiny_data, tmp_path / "b" / "m.pt", loss=loss), progress=False, stop_after=3)
+    assert cut.steps == 3 and not (tmp_path / "b" / "m.pt").exists()
+    resumed = train(_config(tiny_data, tmp_path / "b" / "m.pt", loss=loss), progress=False)
+    assert resumed.resumed_from == 3
+    a, _ = load_sdgmnet(str(straight.out))
+    b, meta = load_sdgmnet(str(resumed.out))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history] == [0.0, 3.0, 6.0]
+    assert meta["loss"] == loss and len(meta["history"]) == 3
+
+
+def test_config_file_paths_are_relative_to_it(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(
+        f'train = ["{tiny_data[0]}"]\nheldout = ["{tiny_data[1]}"]\nout = "out/model.pt"\nloss = "hardnet"\n'
+        'steps = 2\nidentities_per_batch = 16\n[loss_options]\nmargin = 1.0\n'
+    )
+    config = load_train_config(config_path)
+    assert config.out == str(tmp_path / "out" / "model.pt") and config.loss_options == {"margin": 1.0}
+    result = CliRunner().invoke(main, ["train", str(config_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model.pt").is_file() and "held-out FPR95" in result.output
+    config_path.write_text('steps = 2\nbogus = 1\n')
+    result = CliRunner().invoke(main, ["train", str(config_path), "-q"])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+def test_hpatches_patches_follow_the_ground_truth_homography() -> None:
+    seq = require_shared("homography", "v_churchill")
+    patch_set = patches_from_homography_sequence(seq, max_keypoints=300)
+    labels = patch_set.labels.numpy()
+    assert np.bincount(labels).min() >= 2 and patch_set.photo.max() == 5
+    # Views of one keypoint look alike; views of different keypoints do not.
+    p = patch_set.patches.flatten(1)
+    p = (p - p.mean(1, keepdim=True)) / p.std(1, keepdim=True).clamp_min(1e-6)
+    first = {lab: i for i, lab in reversed(list(enumerate(labels)))}
+    same = [float((p[i] * p[first[labels[i]]]).mean()) for i in range(len(labels)) if first[labels[i]] != i]
+    other = [float((p[i] * p[(i + 97) % len(labels)]).mean()) for i in range(0, len(labels), 7)]
+    assert np.median(same) > 0.8 and np.median(other) < 0.4
+
+
+def test_finetune_on_a_scene_reports_fpr95_before_and_after(small_scene: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = tmp_path / "base.pt"
+    save_sdgmnet(SDGMNet(), base, {"magnification": 6.0})
+    out = tmp_path / "tuned.pt"
+    args = ["finetune", str(small_scene), "--out", str(out), "--model", str(base), "--steps", "4", "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "tuned.work" / "finetune.json").read_text())
+    assert summary["heldout_points"] > 50 and 0 <= summary["fpr95_after"] <= 1
+    assert "held-out FPR95" in result.output and out.is_file()
+    result = CliRunner().invoke(main, ["match", str(small_scene), "--out", str(tmp_path / "t.db"), "--model", str(out),
+                                       "--max-edge", "640", "--max-keypoints", "512", "-q"])
+    assert result.exit_code == 0, result.output

@@ -24,11 +24,11 @@ from matcher.losses.sdgm import SDGMLoss
 from matcher.losses.smart_mining import SmartMiningLoss, build_neighbour_index
 
 __all__ = [
-    "LOSSES",
     "DDTASLoss",
     "DGCRLLoss",
     "DescriptorLoss",
     "HardNetLoss",
+    "LOSSES",
     "NormalizeScale",
     "SDGMLoss",
     "SmartMiningLoss",

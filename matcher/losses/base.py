@@ -19,8 +19,12 @@ views are taken in batch order and paired (1st, 2nd), (3rd, 4th), ... so a K = 2
 similarity is the maximum, over candidates x whose label differs from y_j, of x·a_j and x·p_j, so a_j and p_j
 share one negative. The candidates (``sides``) are
 
-* ``"all"`` (SDGM): every other-label row of the batch, i.e. max(S_ap, S_apᵀ, S_aa, S_pp) of §1.3;
-* ``"cross"`` (HardNet with anchor swap): the other pairs' positives for a_j and anchors for p_j;
+* ``"all"`` (SDGM): every other-label row of the batch, i.e. max(S_ap, S_apᵀ, S_aa, S_pp) of §1.3. As in the
+  released code the guard acts on *pairs*: the other pair i is ignored as a whole when the largest of its four
+  similarities to pair j reaches ``t_fn`` (rows in no pair, e.g. the odd view of a K = 3 identity, are groups of
+  one);
+* ``"cross"`` (HardNet with anchor swap): the other pairs' positives for a_j and anchors for p_j, each distance
+  guarded on its own (HardNet-code);
 * ``"anchor"`` (HardNet without anchor swap): the other pairs' positives for a_j only.
 
 Candidates at or above the false-negative threshold ``t_fn`` are ignored. A pair with no admissible candidate is
@@ -105,23 +109,42 @@ def hardest_negatives(
         The gradient flows to the selected similarity only.
     """
     ya = labels[idx_a]
+    n = idx_a.numel()
     if sides == "all":
-        cand = torch.maximum(sim[idx_a], sim[idx_p])  # (N, B): max(x·a_j, x·p_j) for every row x
-        other = labels[None, :] != ya[:, None]
-    elif sides == "cross":
-        cand = torch.maximum(sim[idx_a][:, idx_p], sim[idx_p][:, idx_a])  # a_j·p_i and p_j·a_i
-        other = ya[None, :] != ya[:, None]
+        # Candidate groups: every pair (a_i, p_i), plus every row in no pair as a group of one. The group's value
+        # for pair j is M_ji = max over its members x of max(x·a_j, x·p_j); a group is masked as a whole if
+        # M_ji >= t_fn, exactly as the released code masks max(S_ap, S_apᵀ, S_aa, S_pp).
+        b = labels.numel()
+        in_pair = torch.zeros(b, dtype=torch.bool, device=labels.device)
+        in_pair[idx_a] = True
+        in_pair[idx_p] = True
+        single = torch.nonzero(~in_pair).reshape(-1)
+        m1 = torch.cat([idx_a, single])
+        m2 = torch.cat([idx_p, single])
+        rowmax = torch.maximum(sim[idx_a], sim[idx_p])  # (N, B)
+        cand = torch.maximum(rowmax[:, m1], rowmax[:, m2])  # (N, G)
+        other = labels[m1][None, :] != ya[:, None]
+        admissible = other & (cand < fn_threshold)
     elif sides == "anchor":
-        cand = sim[idx_a][:, idx_p]
+        cand = sim[idx_a][:, idx_p]  # a_j·p_i
+        admissible = (ya[None, :] != ya[:, None]) & (cand < fn_threshold)
+    elif sides == "cross":
+        # a_j·p_i (row) and p_j·a_i (column), each guarded on its own as HardNet's code does.
         other = ya[None, :] != ya[:, None]
+        s_ap = sim[idx_a][:, idx_p]
+        s_pa = sim[idx_p][:, idx_a]
+        ok_ap = other & (s_ap < fn_threshold)
+        ok_pa = other & (s_pa < fn_threshold)
+        fill = torch.full_like(s_ap, _MASKED)
+        cand = torch.maximum(torch.where(ok_ap, s_ap, fill), torch.where(ok_pa, s_pa, fill))
+        admissible = ok_ap | ok_pa
     else:
         raise ValueError(f"unknown sides {sides!r}")
-    admissible = other & (cand < fn_threshold)
-    masked = torch.where(admissible, cand, torch.full_like(cand, _MASKED))
-    if masked.shape[1] == 0:
-        s_n = torch.zeros(masked.shape[0], dtype=sim.dtype, device=sim.device)
-        return s_n, torch.zeros(masked.shape[0], dtype=torch.bool, device=sim.device)
-    s_n = masked.max(1).values
+    cand = torch.where(admissible, cand, torch.full_like(cand, _MASKED))
+    if cand.shape[1] == 0:
+        s_n = torch.zeros(n, dtype=sim.dtype, device=sim.device)
+        return s_n, torch.zeros(n, dtype=torch.bool, device=sim.device)
+    s_n = cand.max(1).values
     valid = admissible.any(1)
     s_n = torch.where(valid, s_n, torch.zeros_like(s_n))
     return s_n, valid

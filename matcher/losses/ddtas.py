@@ -276,7 +276,8 @@ class DDTASLoss(DescriptorLoss):
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         with torch.enable_grad(), torch.autocast(device_type=train_patches.device.type, enabled=False):
-            desc = functional_call(model, (params, buffers), (train_patches,)).float()
+            desc = functional_call(model, (params, buffers), (train_patches,))
+            desc = desc if desc.dtype == torch.float64 else desc.float()
             sim = desc @ desc.t()
             if self.otg_mode == "pair_weights":
                 keep_pos, keep_neg, _ = self.mine(sim.detach(), train_labels.to(sim.device))

@@ -31,7 +31,7 @@ class NormalizeScale(nn.Module):
         if learnable:
             self.scale = nn.Parameter(torch.tensor(float(scale)))
         else:
-            self.register_buffer("scale", torch.tensor(float(scale)))
+            self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, D) -> (B, D) rows of norm s."""
@@ -104,8 +104,10 @@ class DGCRLLoss(DescriptorLoss):
 
     Hyper-parameters (defaults; the paper's are not verified): ``scale`` s = 1.0 (for a hinge on squared
     distances s only rescales the margin, §3 "N-S layer"), ``learn_scale`` = False, ``margin`` m = 0.5 (in units
-    of s², T-G1 uses s = 1, m = 0.5), ``decorrelation`` = "auto", ``decorrelation_weight`` w_dec = 1.0,
-    ``num_classes`` = None.
+    of s², T-G1 uses s = 1, m = 0.5), ``decorrelation`` = "auto", ``decorrelation_weight`` w_dec = 0.1,
+    ``num_classes`` = None. (In 200-step runs on homography patches with 6 identities × 3 views, w_dec = 1 made
+    the held-out FPR95 *worse* than untrained, 0.41 vs 0.31; 0.1 gave 0.11, no decorrelation 0.08 and
+    Gram–Schmidt 0.04. The soft penalty is untested at the scale where "auto" selects it, K > 128.)
 
     A batch with a single identity has no ranking term; its loss is a zero connected to the graph (plus nothing).
 
@@ -120,7 +122,7 @@ class DGCRLLoss(DescriptorLoss):
         learn_scale: bool = False,
         margin: float = 0.5,
         decorrelation: Decorrelation = "auto",
-        decorrelation_weight: float = 1.0,
+        decorrelation_weight: float = 0.1,
         num_classes: int | None = None,
         embedding_dim: int = 128,
     ) -> None:
@@ -153,7 +155,7 @@ class DGCRLLoss(DescriptorLoss):
         """Global centres only: replace the table by its Gram–Schmidt orthonormalisation (radius applied in use)."""
         if self.num_classes is None:
             return
-        self.centres.copy_(gram_schmidt(self.centres.detach().float()).to(self.centres.dtype))
+        self.centres.copy_(gram_schmidt(self.centres.detach()))
 
     def compute(self, descriptors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         z = self.ns(descriptors)
@@ -203,9 +205,9 @@ class DGCRLLoss(DescriptorLoss):
         loss = rank + self.decorrelation_weight * penalty
         with torch.no_grad():
             self._last = {
-                "loss": float(loss),
-                "rank": float(rank),
-                "decorrelation": float(penalty),
+                "loss": float(loss.detach()),
+                "rank": float(rank.detach()),
+                "decorrelation": float(penalty.detach()),
                 "active_fraction": float((hinge > 0).float().mean()),
                 "classes": float(k),
                 "mode": {"gram_schmidt": 1.0, "soft": 2.0}.get(mode, 0.0),

@@ -72,7 +72,7 @@ class HardNetLoss(DescriptorLoss):
         loss = hinge.mean()
         with torch.no_grad():
             self._last = {
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "pos_angle_mean": float(torch.arccos(s_p.clamp(-1, 1)).mean()),
                 "neg_angle_mean": float(torch.arccos(s_n.clamp(-1, 1)).mean()),
                 "active_fraction": float((hinge > 0).float().mean()),

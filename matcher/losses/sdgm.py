@@ -67,6 +67,8 @@ class SDGMLoss(DescriptorLoss):
     a zero loss and does not touch the statistics; negatives are other-*label* rows, which equals the code's
     off-diagonal rule on HardNet-style batches.
 
+    In eval mode (``loss.eval()``) the running statistics and Π are read but not updated (for validation losses).
+
     Statistics: the running μ_p, σ_p, μ_n, σ_n, μ_δ, σ_δ, Π_p, Π_n, the margin m_δ, the last batch's mean
     angles, the kept fraction (w^c = 1), the pair count and the false-negative threshold.
     """
@@ -194,7 +196,7 @@ class SDGMLoss(DescriptorLoss):
         loss = (self.alpha * wp_hat * theta_p - wn_hat * theta_n).sum()
         with torch.no_grad():
             self._last = {
-                "loss": float(loss),
+                "loss": float(loss.detach()),
                 "batch_theta_p": float(tp.mean()),
                 "batch_theta_n": float(tn.mean()),
                 "kept_fraction": float(w_c.mean()),

@@ -210,12 +210,12 @@ class SmartMiningLoss(DescriptorLoss):
         loss = triplet.mean() + self.global_weight * glob
         with torch.no_grad():
             self._last = {
-                "loss": float(loss),
-                "triplet": float(triplet.mean()),
-                "global": float(glob),
+                "loss": float(loss.detach()),
+                "triplet": float(triplet.detach().mean()),
+                "global": float(glob.detach()),
                 "active_fraction": float((triplet > 0).float().mean()),
-                "mean_d2_pos": float(d2_p.mean()),
-                "mean_d2_neg": float(d2_n.mean()),
+                "mean_d2_pos": float(d2_p.detach().mean()),
+                "mean_d2_neg": float(d2_n.detach().mean()),
                 "pairs": float(d2_p.numel()),
             }
         return loss
@@ -316,8 +316,12 @@ class SmartMiningLoss(DescriptorLoss):
             return np.zeros(0, np.int64)
         return self._hard_ids[self._hard_ptr[i] : self._hard_ptr[i + 1]]
 
-    def mined_batches(self, identities_per_batch: int, views_per_identity: int = 2, seed: int = 0) -> list[np.ndarray]:
+    def mined_batches(
+        self, identities_per_batch: int, views_per_identity: int = 2, seed: int = 0, epoch: int = 0
+    ) -> list[np.ndarray]:
         """One epoch of mined P × K batches (dataset indices, identity-major) from the current index.
+
+        Deterministic given ``seed``, ``epoch`` and the number of refreshes so far.
 
         Every identity with >= K views is a seed once per epoch, in a random order (seeds already placed in an
         earlier batch as somebody's hard negative are skipped); after each seed come up to
@@ -329,7 +333,7 @@ class SmartMiningLoss(DescriptorLoss):
         P, K = int(identities_per_batch), int(views_per_identity)
         if P < 1 or K < 2:
             raise ValueError("need identities_per_batch >= 1 and views_per_identity >= 2")
-        rng = np.random.default_rng([seed, int(self.refreshes)])
+        rng = np.random.default_rng([seed, int(self.refreshes), epoch])
         lab = self.index.labels
         order = np.argsort(lab, kind="stable")
         uniq, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
@@ -346,7 +350,7 @@ class SmartMiningLoss(DescriptorLoss):
             while len(batch) < P and ptr < len(seeds):
                 seed_id = int(seeds[ptr])
                 ptr += 1
-                if seed_id in visited:
+                if seed_id in visited or seed_id in in_batch:
                     continue
                 batch.append(seed_id)
                 in_batch.add(seed_id)
@@ -394,17 +398,20 @@ class SmartMiningLoss(DescriptorLoss):
         Each refresh embeds ``patches`` with ``model`` (:meth:`refresh_from_model`) and starts a new mined epoch.
         ``on_refresh`` receives the mining statistics (for logging).
         """
-        epoch: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        epoch = 0
         while True:
-            if self.needs_refresh() or not epoch:
+            if self.needs_refresh() or not pending:
                 if self.needs_refresh():
                     info = self.refresh_from_model(model, patches, labels, embed_batch_size)
                     if on_refresh is not None:
                         on_refresh(info)
-                epoch = self.mined_batches(identities_per_batch, views_per_identity, seed)[::-1]
-                if not epoch:
+                    epoch = 0
+                pending = self.mined_batches(identities_per_batch, views_per_identity, seed, epoch)[::-1]
+                epoch += 1
+                if not pending:
                     raise RuntimeError("mining produced no batch")
-            yield epoch.pop()
+            yield pending.pop()
 
     def statistics(self) -> dict[str, float]:
         """ε, ρ, refresh/step counters, mining counts of the last refresh and the last batch's loss terms."""

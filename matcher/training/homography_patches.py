@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from matcher.detect import DetectionConfig, Keypoints, detect_keypoints
+from matcher.detect import DetectionConfig, detect_keypoints
 from matcher.patches import DEFAULT_MAGNIFICATION, PATCH_SIZE, extract_patches, lafs_from_keypoints
 
 __all__ = [

@@ -14,7 +14,7 @@ from matcher.cli import main
 from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
 from matcher.training.datasets import build_homography_dataset, load_patch_set
 from matcher.training.hpatches_patches import patches_from_homography_sequence
-from matcher.training.trainer import TrainConfig, load_train_config, train
+from matcher.training.trainer import TrainConfig, export_checkpoint, load_train_config, train
 from conftest import require_shared
 
 
@@ -47,6 +47,8 @@ def test_resumed_training_ends_with_the_same_weights(tiny_data: tuple[Path, Path
     straight = train(_config(tiny_data, tmp_path / "a" / "m.pt", loss=loss), progress=False)
     cut = train(_config(tiny_data, tmp_path / "b" / "m.pt", loss=loss), progress=False, stop_after=3)
     assert cut.steps == 3 and not (tmp_path / "b" / "m.pt").exists()
+    assert export_checkpoint(_config(tiny_data, tmp_path / "b" / "m.pt", loss=loss), tmp_path / "cut.pt") == 3
+    assert load_sdgmnet(str(tmp_path / "cut.pt"))[1]["steps"] == 3
     resumed = train(_config(tiny_data, tmp_path / "b" / "m.pt", loss=loss), progress=False)
     assert resumed.resumed_from == 3
     a, _ = load_sdgmnet(str(straight.out))

@@ -87,10 +87,12 @@ def dataset_hpatches(sequence: Path, out: Path) -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--steps", type=int, default=None, help="Override the number of steps.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Override the output.")
+@click.option("--export-checkpoint", "export", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Do not train: write the weights of the run's latest checkpoint to this file.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bar.")
-def train_command(config_path: Path, steps: int | None, out: Path | None, quiet: bool) -> None:
+def train_command(config_path: Path, steps: int | None, out: Path | None, export: Path | None, quiet: bool) -> None:
     """Train SDGMNet from a TOML CONFIG (resumes from OUT's checkpoint if there is one)."""
-    from matcher.training.trainer import load_train_config, train
+    from matcher.training.trainer import export_checkpoint, load_train_config, train
 
     overrides: dict = {}
     if steps is not None:
@@ -99,6 +101,10 @@ def train_command(config_path: Path, steps: int | None, out: Path | None, quiet:
         overrides["out"] = str(out.resolve())
     try:
         config = load_train_config(config_path, overrides)
+        if export is not None:
+            step = export_checkpoint(config, export)
+            click.echo(f"wrote {export}: weights at step {step} of {config.steps}")
+            return
         result = train(config, progress=not quiet)
     except MatcherError as exc:
         _fail(exc)

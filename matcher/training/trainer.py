@@ -40,7 +40,7 @@ from matcher.training.homography_patches import PatchSet
 from matcher.training.metrics import average_precision, fpr95
 from matcher.training.sampler import PKSampler, verification_pairs
 
-__all__ = ["TrainConfig", "TrainResult", "load_train_config", "train", "evaluate_fpr95"]
+__all__ = ["TrainConfig", "TrainResult", "load_train_config", "train", "evaluate_fpr95", "export_checkpoint"]
 
 log = logging.getLogger("matcher")
 
@@ -194,6 +194,34 @@ def _batches(config: TrainConfig, loss: torch.nn.Module, model: SDGMNet, data: P
             yield train_idx[batch]
 
 
+def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int) -> dict[str, Any]:
+    return {
+        "loss": config.loss,
+        "loss_options": config.loss_options,
+        "steps": step,
+        "planned_steps": config.steps,
+        "batch": f"{config.identities_per_batch} identities x {config.views_per_identity} views",
+        "train": [Path(p).name for p in config.train],
+        "heldout": [Path(p).name for p in config.heldout],
+        "magnification": config.magnification,
+        "seed": config.seed,
+        "history": history,
+        "init": config.init,
+    }
+
+
+def export_checkpoint(config: TrainConfig, out: Path) -> int:
+    """Write the weights of the run's latest checkpoint to ``out`` (a run cut short); returns its step."""
+    ckpt = config.checkpoint_path()
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt}: no checkpoint to export")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model = SDGMNet()
+    model.load_state_dict(state["model"])
+    save_sdgmnet(model, Path(out), _metadata(config, state["history"], int(state["step"])))
+    return int(state["step"])
+
+
 def train(
     config: TrainConfig,
     progress: bool = True,
@@ -317,17 +345,5 @@ def train(
     if stop_after is not None and step < config.steps:
         checkpoint(step)
         return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)
-    meta = {
-        "loss": config.loss,
-        "loss_options": config.loss_options,
-        "steps": config.steps,
-        "batch": f"{config.identities_per_batch} identities x {config.views_per_identity} views",
-        "train": [Path(p).name for p in config.train],
-        "heldout": [Path(p).name for p in config.heldout],
-        "magnification": config.magnification,
-        "seed": config.seed,
-        "history": history,
-        "init": config.init,
-    }
-    save_sdgmnet(model.to(memory_format=torch.contiguous_format), Path(config.out), meta)
+    save_sdgmnet(model.to(memory_format=torch.contiguous_format), Path(config.out), _metadata(config, history, step))
     return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)

@@ -99,11 +99,14 @@ class MatchingConfig:
 
     The default 0.8 is COLMAP's. The test removes most matches between unrelated images (without it,
     MAGSAC++ finds 15-22 "inliers" among ~250 random mutual matches; with it, none). On entry-P10, 0.8 gave a
-    0.127° median rotation error against 0.150° with 0.9; on v_churchill MMA@3 px 0.85 against 0.74. ``block_size``: rows of the similarity matrix
-    computed at a time (bounds memory)."""
+    0.127° median rotation error against 0.150° with 0.9; on v_churchill MMA@3 px 0.85 against 0.74.
+    ``block_size``: rows of the similarity matrix computed at a time (bounds memory). ``threads``: torch threads while matching (0: leave as is); one
+    thread and blocks of 256 made matching 2.3x faster on Lund than two threads and blocks of 2048 on this
+    2-core machine, with identical matches (bench/RESULTS.md): the small reductions wait on the second thread."""
 
     ratio: float = 0.8
-    block_size: int = 2048
+    block_size: int = 256
+    threads: int = 1
 
 
 @dataclass

@@ -43,10 +43,22 @@ def mutual_nearest_neighbours(
     d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.float32))
     d2 = torch.from_numpy(np.ascontiguousarray(desc2, dtype=np.float32))
     use_ratio = config.ratio > 0 and n2 > 1
+    ratio2 = config.ratio**2
+    block = max(1, config.block_size)
+    previous_threads = torch.get_num_threads()
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    try:
+        return _match(d1, d2, n1, n2, block, use_ratio, ratio2)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _match(d1: torch.Tensor, d2: torch.Tensor, n1: int, n2: int, block: int, use_ratio: bool,
+           ratio2: float) -> tuple[np.ndarray, np.ndarray]:
     best_col = torch.empty(n1, dtype=torch.long)
     best_sim = torch.empty(n1)
     keep = torch.ones(n1, dtype=torch.bool)
-    block = max(1, config.block_size)
     with torch.inference_mode():
         for start in range(0, n1, block):
             sim = d1[start : start + block] @ d2.T  # (b, N2)
@@ -56,9 +68,9 @@ def mutual_nearest_neighbours(
             if use_ratio:
                 sim.scatter_(1, indices[:, None], -3.0)
                 second = sim.max(dim=1).values
-                dist1 = torch.sqrt(torch.clamp(2.0 - 2.0 * values, min=0.0))
-                dist2 = torch.sqrt(torch.clamp(2.0 - 2.0 * second, min=0.0))
-                keep[rows] = dist1 <= config.ratio * dist2
+                # squared L2 distances of unit vectors: d² = 2 - 2 s (no square roots needed)
+                nearest = torch.clamp(2.0 - 2.0 * values, min=0.0)
+                keep[rows] = nearest <= ratio2 * torch.clamp(2.0 - 2.0 * second, min=0.0)
         candidates = torch.nonzero(keep).flatten()
         columns = torch.unique(best_col[candidates])
         col_best_row = torch.full((n2,), -1, dtype=torch.long)

@@ -33,7 +33,7 @@ from matcher.config import ExportConfig
 from matcher.errors import ConfigError
 from matcher.storage import ImageFeatures, PairMatches
 
-__all__ = ["DatabaseImage", "COLMAP_PIXEL_OFFSET", "write_database", "read_database_summary", "to_colmap_geometry"]
+__all__ = ["DatabaseImage", "COLMAP_PIXEL_OFFSET", "write_database", "to_colmap_geometry"]
 
 COLMAP_PIXEL_OFFSET = 0.5
 _CONFIG_OF_MODEL = {
@@ -174,21 +174,6 @@ def write_database(
         raise
     os.replace(tmp_path, db_path)
     return counts
-
-
-def read_database_summary(db_path: Path) -> dict[str, int]:
-    """Counts read back from a database with pycolmap (a cheap integrity check)."""
-    with pycolmap.Database.open(Path(db_path)) as db:
-        return dict(
-            images=db.num_images(),
-            cameras=db.num_cameras(),
-            rigs=db.num_rigs(),
-            frames=db.num_frames(),
-            keypoints=db.num_keypoints(),
-            matched_pairs=db.num_matched_image_pairs(),
-            verified_pairs=db.num_verified_image_pairs(),
-            inlier_matches=db.num_inlier_matches(),
-        )
 
 
 # --- Reading matches back (evaluation and ``matcher show``) ------------------------------------------------

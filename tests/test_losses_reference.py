@@ -20,12 +20,7 @@ from matcher.training.sampler import PKSampler
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: a second OpenMP thread only adds synchronisation
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 TOL = dict(rtol=1e-9, atol=1e-11)

@@ -14,12 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with require
 NAMES = sorted(LOSSES)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unit(n: int, d: int = 16, seed: int = 0) -> torch.Tensor:

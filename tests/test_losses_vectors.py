@@ -16,12 +16,7 @@ from matcher.losses.sdgm import auto_focus_weight, probabilistic_margin
 from matcher.training.metrics import fpr95
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def u(t: float) -> list[float]:

@@ -249,6 +249,21 @@ class DDTASLoss(DescriptorLoss):
         keep_pos, keep_neg, _ = self.mine(sim.detach(), labels.reshape(-1).long())
         return self._soft_contrastive(sim, keep_pos, keep_neg, lam)
 
+    def _validation_after_step(
+        self,
+        model: nn.Module,
+        params: dict[str, torch.Tensor],
+        buffers: dict[str, torch.Tensor],
+        train_loss: torch.Tensor,
+        val_patches: torch.Tensor,
+        val_labels: torch.Tensor,
+    ) -> torch.Tensor:
+        """Validation loss after one virtual SGD step θ' = θ − η ∇θ L_tr, differentiable through the step."""
+        grads = torch.autograd.grad(train_loss, list(params.values()), create_graph=True, allow_unused=True)
+        new_params = {n: (p - self.meta_lr * g if g is not None else p) for (n, p), g in zip(params.items(), grads)}
+        desc_val = functional_call(model, (new_params, buffers), (val_patches,))
+        return self._functional_loss(desc_val, val_labels, float(self.lam))
+
     def meta_step(
         self,
         model: nn.Module,
@@ -272,7 +287,6 @@ class DDTASLoss(DescriptorLoss):
             raise RuntimeError("meta_step needs DDTASLoss(use_otg=True)")
         train_labels = train_labels.reshape(-1).long()
         val_labels = val_labels.reshape(-1).long()
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         with torch.enable_grad(), torch.autocast(device_type=train_patches.device.type, enabled=False):
@@ -290,12 +304,7 @@ class DDTASLoss(DescriptorLoss):
                 eps = torch.zeros(n_sel, dtype=sim.dtype, device=sim.device, requires_grad=True)
                 w_mat = torch.zeros_like(sim).masked_scatter(selected, eps)
                 l_tr = self._soft_contrastive(sim, keep_pos, keep_neg, float(self.lam), w_mat)
-                grads = torch.autograd.grad(l_tr, [params[n] for n in names], create_graph=True, allow_unused=True)
-                new_params = {
-                    n: (p - self.meta_lr * g if g is not None else p) for (n, p), g in zip(params.items(), grads)
-                }
-                desc_val = functional_call(model, (new_params, buffers), (val_patches,))
-                l_val = self._functional_loss(desc_val, val_labels.to(sim.device), float(self.lam))
+                l_val = self._validation_after_step(model, params, buffers, l_tr, val_patches, val_labels.to(sim.device))
                 g_eps = torch.autograd.grad(l_val, eps, allow_unused=True)[0]
                 if g_eps is None:
                     g_eps = torch.zeros_like(eps)
@@ -312,12 +321,7 @@ class DDTASLoss(DescriptorLoss):
                 lam_t = torch.tensor(float(self.lam), dtype=sim.dtype, device=sim.device, requires_grad=True)
                 keep_pos, keep_neg, _ = self.mine(sim.detach(), train_labels.to(sim.device))
                 l_tr = self._soft_contrastive(sim, keep_pos, keep_neg, lam_t)
-                grads = torch.autograd.grad(l_tr, [params[n] for n in names], create_graph=True, allow_unused=True)
-                new_params = {
-                    n: (p - self.meta_lr * g if g is not None else p) for (n, p), g in zip(params.items(), grads)
-                }
-                desc_val = functional_call(model, (new_params, buffers), (val_patches,))
-                l_val = self._functional_loss(desc_val, val_labels.to(sim.device), float(self.lam))
+                l_val = self._validation_after_step(model, params, buffers, l_tr, val_patches, val_labels.to(sim.device))
                 g_lam = torch.autograd.grad(l_val, lam_t, allow_unused=True)[0]
                 step = 0.0 if g_lam is None or not bool(torch.isfinite(g_lam)) else -self.threshold_lr * float(g_lam)
                 new_lam = min(max(float(self.lam) + step, self.lam_bounds[0]), self.lam_bounds[1])

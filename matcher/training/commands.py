@@ -139,10 +139,9 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
         match IMAGES --out db.db --model OUT
     """
     from matcher.config import load_config
-    from matcher.descriptors.weights import load_sdgmnet
     from matcher.training.datasets import build_scene_dataset, save_patch_set
     from matcher.training.track_patches import split_identities
-    from matcher.training.trainer import TrainConfig, evaluate_fpr95, train
+    from matcher.training.trainer import TrainConfig, train
 
     work = work or out.with_name(out.stem + ".work")
     t0 = time.perf_counter()
@@ -153,8 +152,6 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
         kept, held = split_identities(patch_set, held_out, seed=0)
         save_patch_set(kept, work / "train.h5", f"fine-tuning split of {images}", config.patches.magnification)
         save_patch_set(held, work / "heldout.h5", f"held-out split of {images}", config.patches.magnification)
-        model, _ = load_sdgmnet(base)
-        before = evaluate_fpr95(model, held, num_pairs=20000)
         train_config = TrainConfig(
             train=[str(work / "train.h5")], heldout=[str(work / "heldout.h5")], out=str(out), init=base, loss=loss,
             steps=steps, identities_per_batch=min(256, max(8, kept.num_identities // 4)), lr=lr,
@@ -163,7 +160,7 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
         result = train(train_config, progress=not quiet)
     except MatcherError as exc:
         _fail(exc)
-    after = result.history[-1]
+    before, after = result.history[0], result.history[-1]  # step 0 = the base model, same pairs
     summary = {
         "images": str(images), "base": base, "steps": steps, "loss": loss,
         "train_patches": len(kept), "heldout_points": held.num_identities,

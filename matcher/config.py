@@ -74,7 +74,8 @@ class DescriptorConfig:
     """Descriptor: ``rootsift`` or ``sdgmnet``.
 
     ``weights``: for sdgmnet, a weights file, or a name of a model shipped in ``models/`` (default ``sdgmnet``).
-    ``batch_size``: patches per network call. ``bf16``: run the network under bfloat16 autocast.
+    ``batch_size``: patches per network call. ``bf16``: run the network in bfloat16
+    (weights and activations).
     """
 
     name: str = "rootsift"
@@ -102,11 +103,14 @@ class MatchingConfig:
     0.127° median rotation error against 0.150° with 0.9; on v_churchill MMA@3 px 0.85 against 0.74.
     ``block_size``: rows of the similarity matrix computed at a time (bounds memory). ``threads``: torch threads while matching (0: leave as is); one
     thread and blocks of 256 made matching 2.3x faster on Lund than two threads and blocks of 2048 on this
-    2-core machine, with identical matches (bench/RESULTS.md): the small reductions wait on the second thread."""
+    2-core machine, with identical matches (bench/RESULTS.md): the small reductions wait on the second thread.
+    ``precision``: dtype of the product that proposes candidates (``auto``: bfloat16 where the processor has
+    native bfloat16, else float32); decisions always use float32 similarities (see matcher.matching)."""
 
     ratio: float = 0.8
     block_size: int = 256
     threads: int = 1
+    precision: str = "auto"
 
 
 @dataclass

@@ -2,25 +2,82 @@
 
 For N1 x N2 descriptors the full similarity matrix is never held:
 
-1. rows of the first image are processed ``block_size`` at a time (a block x N2 product): each row's best and,
-   for the ratio test, second-best neighbour;
-2. the rows that pass the ratio test propose their best column; only those columns are compared with every
-   row of the first image (another blocked product, N2' x N1, reduced along contiguous rows), which gives the
-   best row of each proposed column; a match is mutual when that row is the proposer.
+1. rows of the first image are processed ``block_size`` at a time: a (block, N2) similarity product gives each
+   row's ``CANDIDATES`` most similar columns, whose similarities are then recomputed exactly in float32; the
+   best two give the nearest neighbour and Lowe's ratio test;
+2. the rows that pass the ratio test propose their best column; only those columns are searched against every
+   row of the first image the same way, which gives the best row of each proposed column; a match is mutual
+   when that row is the proposer.
 
-Peak extra memory is ``block_size * max(N1, N2) * 4`` bytes (64 MiB at 2048 x 8192). Both reductions run
-along contiguous rows: reducing the first product along its columns instead costs a strided pass or a
-transposed copy, which made matching three times slower than COLMAP's on Lund (bench/RESULTS.md).
+``precision``: the similarity product runs in bfloat16 where the processor multiplies bfloat16 natively
+(AVX512-BF16 or AMX; ``auto``), about 5x faster than float32 here. bfloat16 similarities are only good to
+about 0.01, so they only *propose* candidates; every similarity that decides a match (nearest, second
+nearest, the reverse check, the stored score) is the float32 dot product of the candidates. A decision can
+differ from the all-float32 search only when more than ``CANDIDATES`` columns lie within about 0.01 of the
+best, where the ratio test rejects the row anyway: on 60 Lund pairs (4618 matches) bfloat16 proposals gave
+the same matches but one extra (bench/RESULTS.md).
+
+Reductions run in NumPy (repeated SIMD ``argmax``), several times faster than torch's ``max``/``topk`` with
+indices on this CPU; the product runs in torch (oneDNN). Peak extra memory is ``block_size * max(N1, N2) * 6``
+bytes. The result depends only on the inputs, the configuration and the processor's bfloat16 support.
+
+Every array larger than a few KiB lives in a per-thread workspace that is reused from pair to pair and only
+grows: allocating and freeing a dozen multi-MiB blocks per pair made glibc's heap fragment, and the process
+RSS of a 29-image run double (bench/memory_scaling.py).
 """
 
 from __future__ import annotations
+
+import math
+import threading
 
 import numpy as np
 import torch
 
 from matcher.config import MatchingConfig
+from matcher.errors import ConfigError
 
-__all__ = ["mutual_nearest_neighbours"]
+__all__ = ["mutual_nearest_neighbours", "similarity_dtype", "CANDIDATES"]
+
+CANDIDATES = 4
+"""Columns per row proposed by the (possibly bfloat16) product and re-scored in float32."""
+
+
+class _Workspace(threading.local):
+    """Named buffers reused across calls (one set per thread); a buffer is reallocated only to grow."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape`` backed by the buffer ``name``."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
+            buffer = self.buffers[name] = torch.empty(max(size, 1), dtype=dtype)
+        return buffer[:size].view(shape)
+
+
+_workspace = _Workspace()
+
+
+def native_bf16() -> bool:
+    """Whether this processor multiplies bfloat16 natively (x86 AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private torch API: absent means unknown, so no
+        return False
+
+
+def similarity_dtype(precision: str) -> torch.dtype:
+    """``fp32`` | ``bf16`` | ``auto`` -> the dtype of the candidate-proposing product."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.bfloat16 if native_bf16() else torch.float32
+    raise ConfigError(f"matching.precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
 
 
 def mutual_nearest_neighbours(
@@ -31,7 +88,8 @@ def mutual_nearest_neighbours(
     Args:
         desc1: (N1, D) float32, unit rows.
         desc2: (N2, D) float32, unit rows.
-        config: ``ratio`` (0: off) is Lowe's test on L2 distances, ``block_size`` the rows per block.
+        config: ``ratio`` (0: off) is Lowe's test on L2 distances, ``block_size`` the rows per block,
+            ``precision`` of the candidate search, ``threads`` for torch while matching.
 
     Returns:
         matches (M, 2) int32 ``[i1, i2]`` sorted by i1, and scores (M,) float32 cosine similarities.
@@ -42,41 +100,78 @@ def mutual_nearest_neighbours(
         return np.zeros((0, 2), np.int32), np.zeros((0,), np.float32)
     d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.float32))
     d2 = torch.from_numpy(np.ascontiguousarray(desc2, dtype=np.float32))
-    use_ratio = config.ratio > 0 and n2 > 1
-    ratio2 = config.ratio**2
-    block = max(1, config.block_size)
+    dtype = similarity_dtype(config.precision)
     previous_threads = torch.get_num_threads()
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     try:
-        return _match(d1, d2, n1, n2, block, use_ratio, ratio2)
+        with torch.inference_mode():
+            return _match(d1, d2, dtype, max(1, config.block_size), config.ratio if n2 > 1 else 0.0)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _match(d1: torch.Tensor, d2: torch.Tensor, n1: int, n2: int, block: int, use_ratio: bool,
-           ratio2: float) -> tuple[np.ndarray, np.ndarray]:
-    best_col = torch.empty(n1, dtype=torch.long)
-    best_sim = torch.empty(n1)
-    keep = torch.ones(n1, dtype=torch.bool)
-    with torch.inference_mode():
-        for start in range(0, n1, block):
-            sim = d1[start : start + block] @ d2.T  # (b, N2)
-            values, indices = sim.max(dim=1)
-            rows = slice(start, start + sim.shape[0])
-            best_sim[rows], best_col[rows] = values, indices
-            if use_ratio:
-                sim.scatter_(1, indices[:, None], -3.0)
-                second = sim.max(dim=1).values
-                # squared L2 distances of unit vectors: d² = 2 - 2 s (no square roots needed)
-                nearest = torch.clamp(2.0 - 2.0 * values, min=0.0)
-                keep[rows] = nearest <= ratio2 * torch.clamp(2.0 - 2.0 * second, min=0.0)
-        candidates = torch.nonzero(keep).flatten()
-        columns = torch.unique(best_col[candidates])
-        col_best_row = torch.full((n2,), -1, dtype=torch.long)
-        for start in range(0, len(columns), block):
-            cols = columns[start : start + block]
-            col_best_row[cols] = (d2[cols] @ d1.T).argmax(dim=1)  # (c, N1) reduced along rows
-    mutual = candidates[col_best_row[best_col[candidates]] == candidates]
-    matches = torch.stack([mutual, best_col[mutual]], dim=1).numpy().astype(np.int32)
-    return matches, best_sim[mutual].numpy().astype(np.float32)
+def _match(d1: torch.Tensor, d2: torch.Tensor, dtype: torch.dtype, block: int,
+           ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    fast1 = _workspace.tensor("fast1", d1.shape, dtype).copy_(d1)
+    fast2 = _workspace.tensor("fast2", d2.shape, dtype).copy_(d2)
+    fast2_t = _workspace.tensor("fast_t", d2.shape[::-1], dtype).copy_(fast2.T)
+    sims, cols = _nearest_two(d1, fast1, d2, fast2_t, block)  # (N1, 2) each
+    keep = np.ones(len(d1), dtype=bool)
+    if ratio > 0:
+        # squared L2 distances of unit vectors: d² = 2 - 2 s (no square roots needed)
+        nearest = np.maximum(2.0 - 2.0 * sims[:, 0], 0.0)
+        second = np.maximum(2.0 - 2.0 * sims[:, 1], 0.0)
+        keep = nearest <= ratio**2 * second
+    candidates = np.flatnonzero(keep)
+    columns = np.unique(cols[candidates, 0])
+    col_best_row = np.full(len(d2), -1, dtype=np.int64)
+    if len(columns):
+        fast1_t = _workspace.tensor("fast_t", d1.shape[::-1], dtype).copy_(fast1.T)
+        _, rows = _nearest_two(d2[columns], fast2[columns], d1, fast1_t, block)
+        col_best_row[columns] = rows[:, 0]
+    mutual = candidates[col_best_row[cols[candidates, 0]] == candidates]
+    matches = np.stack([mutual, cols[mutual, 0]], axis=1).astype(np.int32)
+    return matches, sims[mutual, 0].astype(np.float32)
+
+
+def _nearest_two(queries: torch.Tensor, queries_fast: torch.Tensor, base: torch.Tensor, base_fast_t: torch.Tensor,
+                 block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two base rows most similar to each query row.
+
+    Args:
+        queries: (Q, D) float32; queries_fast: the same in the proposal dtype.
+        base: (B, D) float32; base_fast_t: (D, B) the transposed base in the proposal dtype, contiguous.
+
+    Returns:
+        similarities (Q, 2) float32, descending (the second is -inf when B = 1), and indices (Q, 2) int64.
+    """
+    q, b = len(queries), len(base)
+    k = min(CANDIDATES, b)
+    sims = np.full((q, 2), -np.inf, dtype=np.float32)
+    index = np.zeros((q, 2), dtype=np.int64)
+    product = _workspace.tensor("product", (min(block, q), b), base_fast_t.dtype)
+    proposal = product if product.dtype == torch.float32 else _workspace.tensor("proposal", product.shape, torch.float32)
+    for start in range(0, q, block):
+        stop = min(start + block, q)
+        rows = stop - start
+        torch.mm(queries_fast[start:stop], base_fast_t, out=product[:rows])
+        if proposal is not product:
+            proposal[:rows].copy_(product[:rows])
+        candidates = torch.from_numpy(_top_columns(proposal[:rows].numpy(), k))  # (rows, k)
+        exact = torch.einsum("qd,qkd->qk", queries[start:stop], base[candidates])  # (rows, k) float32
+        top = exact.topk(min(2, k), dim=1)
+        width = top.values.shape[1]
+        sims[start:stop, :width] = top.values.numpy()
+        index[start:stop, :width] = candidates.gather(1, top.indices).numpy()
+    return sims, index
+
+
+def _top_columns(similarity: np.ndarray, k: int) -> np.ndarray:
+    """(R, C) float32 -> (R, k) int64 columns of the k largest values per row (overwrites ``similarity``)."""
+    rows = np.arange(similarity.shape[0])
+    columns = np.empty((similarity.shape[0], k), dtype=np.int64)
+    for j in range(k):
+        columns[:, j] = similarity.argmax(axis=1)
+        similarity[rows, columns[:, j]] = -np.inf
+    return columns

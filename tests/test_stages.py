@@ -17,9 +17,9 @@ from matcher.config import (
     ConfigError, DetectionConfig, MatchingConfig, PipelineConfig, available_presets, config_to_toml, load_config,
     parse_override,
 )
-from matcher.descriptors import RootSIFT, SDGMNet, build_descriptor, describe_patches
+from matcher.descriptors import RootSIFT, SDGMNet, build_descriptor, describe_patches, load_sdgmnet
 from matcher.detect import detect_keypoints
-from matcher.errors import ModelWeightsError, PairsFileError
+from matcher.errors import ConfigError, ModelWeightsError, PairsFileError
 from matcher.images import read_image, resize_for_detection
 from matcher.matching import mutual_nearest_neighbours
 from matcher.pairs import exhaustive_pairs, read_pairs_file, sequential_pairs
@@ -119,6 +119,22 @@ def test_sdgmnet_batches_do_not_change_descriptors(photo: np.ndarray) -> None:
     torch.testing.assert_close(a.norm(dim=1), torch.ones(300), atol=1e-5, rtol=0)
 
 
+def test_sdgmnet_fused_inference_and_bf16_agree_with_the_autograd_forward(photo: np.ndarray) -> None:
+    """The in-place FRN+TLU path (no autograd) computes the modules' function; bf16 stays close to it."""
+    net, _ = load_sdgmnet("sdgmnet")
+    net.eval()
+    k = detect_keypoints(photo, DetectionConfig(max_keypoints=300))
+    patches = extract_patches(photo, lafs_from_keypoints(k))
+    untouched = patches.clone()
+    modules = net(patches).detach()  # autograd on: FRN and TLU modules
+    fused = describe_patches(net, patches)
+    torch.testing.assert_close(fused, modules, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(patches, untouched, atol=0, rtol=0)  # the input is not overwritten
+    bf16 = describe_patches(net, patches, bf16=True)
+    assert bf16.dtype == torch.float32 and next(net.parameters()).dtype == torch.float32
+    assert (bf16 * fused).sum(1).min() > 0.995
+
+
 def test_missing_weights_is_a_clear_error(tmp_path: Path) -> None:
     config = load_config("default", [{"descriptor": {"name": "sdgmnet", "weights": str(tmp_path / "none.pt")}}])
     with pytest.raises(ModelWeightsError, match="none.pt"):
@@ -144,8 +160,9 @@ def _brute_force_mnn(a: np.ndarray, b: np.ndarray, ratio: float) -> set[tuple[in
     return out
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("ratio", [0.0, 0.9])
-def test_blocked_mnn_equals_brute_force(ratio: float) -> None:
+def test_blocked_mnn_equals_brute_force(ratio: float, precision: str) -> None:
     rng = np.random.default_rng(1)
     a = rng.standard_normal((700, 128)).astype(np.float32)
     a /= np.linalg.norm(a, axis=1, keepdims=True)
@@ -153,10 +170,26 @@ def test_blocked_mnn_equals_brute_force(ratio: float) -> None:
     b = (b / np.linalg.norm(b, axis=1, keepdims=True)).astype(np.float32)
     expected = _brute_force_mnn(a, b, ratio)
     for block in (64, 300, 4096):
-        m, s = mutual_nearest_neighbours(a, b, MatchingConfig(ratio=ratio, block_size=block))
+        m, s = mutual_nearest_neighbours(a, b, MatchingConfig(ratio=ratio, block_size=block, precision=precision))
         assert {tuple(x) for x in m} == expected
         np.testing.assert_allclose(s, np.sum(a[m[:, 0]] * b[m[:, 1]], 1), atol=1e-5)
     assert len(expected) >= 350
+
+
+def test_bf16_candidates_give_the_float32_matches_on_real_descriptors(entry_p10: Path) -> None:
+    """bfloat16 only proposes candidates; float32 decides, so real RootSIFT matches agree to within 0.2 %."""
+    images = [resize_for_detection(read_image(entry_p10, n).gray, 1024)[0] for n in ("0003.jpg", "0004.jpg")]
+    d1, d2 = (RootSIFT().describe(g, detect_keypoints(g, DetectionConfig(max_keypoints=4096))) for g in images)
+    exact, exact_scores = mutual_nearest_neighbours(d1, d2, MatchingConfig(precision="fp32"))
+    fast, fast_scores = mutual_nearest_neighbours(d1, d2, MatchingConfig(precision="bf16"))
+    assert len(exact) > 1000
+    same = {tuple(x) for x in exact} & {tuple(x) for x in fast}
+    assert len(same) >= 0.998 * max(len(exact), len(fast))
+    exact_score = {tuple(m): s for m, s in zip(exact.tolist(), exact_scores)}
+    fast_score = {tuple(m): s for m, s in zip(fast.tolist(), fast_scores)}
+    assert max(abs(exact_score[m] - fast_score[m]) for m in same) < 1e-5  # scores are float32 dot products
+    with pytest.raises(ConfigError, match="precision"):
+        mutual_nearest_neighbours(d1, d2, MatchingConfig(precision="fp8"))
 
 
 def test_mnn_handles_empty_sets() -> None:

@@ -5,6 +5,10 @@ blocks with FRN+TLU (32, 32, 64/s2, 64, 128/s2, 128 channels), dropout 0.3, an 8
 BatchNorm without affine parameters, and L2 normalisation.
 
 Input: patches ``(B, 1, 32, 32)`` float in [0, 1]. Output: descriptors ``(B, 128)`` with unit rows.
+
+Without autograd (``torch.inference_mode`` / ``no_grad``) each FRN+TLU pair runs as one in-place pass
+(:func:`frn_tlu_`): the same function, about twice the patches/s on this CPU, where the separate element-wise
+ops took 64 % of the forward pass (bench/descriptor_throughput.py).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["FRN", "TLU", "SDGMNet"]
+__all__ = ["FRN", "TLU", "SDGMNet", "frn_tlu_"]
 
 PATCH_SIZE = 32
 DESCRIPTOR_DIM = 128
@@ -47,6 +51,14 @@ class TLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W)."""
         return torch.max(x, self.tau)
+
+
+def frn_tlu_(x: torch.Tensor, frn: FRN, tlu: TLU) -> torch.Tensor:
+    """``tlu(frn(x))`` computed in place on x (B, C, H, W); only for tensors autograd does not track."""
+    nu2 = torch.mean(x * x, dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    scale = torch.rsqrt(nu2.add_(frn.eps)).mul_(frn.gamma)
+    x.mul_(scale).add_(frn.beta)
+    return torch.maximum(x, tlu.tau.to(x.dtype), out=x)
 
 
 def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -100,6 +112,11 @@ class SDGMNet(nn.Module):
         """patches: (B, 1, 32, 32) -> descriptors (B, 128), unit rows."""
         if patches.ndim != 4 or patches.shape[1:] != (1, PATCH_SIZE, PATCH_SIZE):
             raise ValueError(f"SDGMNet expects patches of shape (B, 1, 32, 32), got {tuple(patches.shape)}")
-        x = self.features(self.input_norm(patches))
+        if torch.is_grad_enabled():
+            x = self.features(self.input_norm(patches))
+        else:
+            x = frn_tlu_(patches.clone(), *self.input_norm)
+            for conv, frn, tlu in self.features:
+                x = frn_tlu_(conv(x), frn, tlu)
         x = self.head(x).flatten(1)
         return F.normalize(x.float(), p=2.0, dim=1)

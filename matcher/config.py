@@ -105,12 +105,15 @@ class MatchingConfig:
     thread and blocks of 256 made matching 2.3x faster on Lund than two threads and blocks of 2048 on this
     2-core machine, with identical matches (bench/RESULTS.md): the small reductions wait on the second thread.
     ``precision``: dtype of the product that proposes candidates (``auto``: bfloat16 where the processor has
-    native bfloat16, else float32); decisions always use float32 similarities (see matcher.matching)."""
+    native bfloat16, else float32); decisions always use float32 similarities (see matcher.matching).
+    ``workers``: pairs matched and verified at once, each in its own thread with ``threads`` torch threads
+    (0: one per CPU core); the results do not depend on it."""
 
     ratio: float = 0.8
     block_size: int = 256
     threads: int = 1
     precision: str = "auto"
+    workers: int = 0
 
 
 @dataclass

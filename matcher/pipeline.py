@@ -13,11 +13,14 @@ settings (a fingerprint of the relevant config sections and the descriptor weigh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +35,7 @@ from matcher.descriptors import build_descriptor, resolve_weights
 from matcher.detect import detect_keypoints
 from matcher.errors import DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
 from matcher.images import list_images, list_other_files, read_image, resize_for_detection
-from matcher.matching import mutual_nearest_neighbours
+from matcher.matching import mutual_nearest_neighbours, similarity_dtype
 from matcher.pairs import make_pairs
 from matcher.reconstruct import ReconstructionSummary, reconstruct
 from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches
@@ -102,12 +105,16 @@ class RunReport:
 
 
 def _fingerprint(config: PipelineConfig, sections: tuple[str, ...]) -> str:
-    data = {s: getattr(config, s).__dict__ for s in sections}
+    data = {s: dict(getattr(config, s).__dict__) for s in sections}  # copies: the config is not touched
     if config.descriptor.name == "sdgmnet":
         path = resolve_weights(config.descriptor.weights)
         data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    # Settings that do not change results are left out.
+    # Settings that do not change results are left out; ``auto`` precision is recorded as what it resolves to.
     data.get("descriptor", {}).pop("batch_size", None)
+    if "matching" in data:
+        for key in ("threads", "workers"):
+            data["matching"].pop(key, None)
+        data["matching"]["precision"] = str(similarity_dtype(config.matching.precision))
     return json.dumps(data, sort_keys=True)
 
 
@@ -228,21 +235,52 @@ def match_all(
     report: RunReport,
     progress: bool,
 ) -> None:
-    """Match and verify every pair the store does not hold yet."""
+    """Match and verify every pair the store does not hold yet.
+
+    ``matching.workers`` pairs are matched and verified at once in threads (torch, NumPy and OpenCV release
+    the GIL), each with ``matching.threads`` torch threads; results are written in pair order by this thread,
+    so the files do not depend on the number of workers, and a killed run loses only the pairs in flight.
+    """
     cache = _FeatureCache(features)
-    bar = tqdm(pairs, desc="match", unit="pair", disable=not progress, leave=False)
-    for done, (name1, name2) in enumerate(bar, 1):
-        if store.has(name1, name2):
-            report.pairs_reused += 1
-            continue
-        f1, f2 = cache.get(name1), cache.get(name2)
-        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
+    workers = config.matching.workers if config.matching.workers > 0 else (os.cpu_count() or 1)
+    per_pair = dataclasses.replace(config.matching, threads=0)  # threads are set once per worker below
+
+    def match_pair(f1: ImageFeatures, f2: ImageFeatures) -> PairMatches:
+        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, per_pair)
         result = verify_pair(
             f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]], _threshold_px(config, f1, f2), config.verification
         )
-        store.write(name1, name2, PairMatches(matches, scores, result.inliers, result.F, result.H, result.model))
-        log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(matches),
-                 int(result.inliers.sum()), done, len(pairs))
+        return PairMatches(matches, scores, result.inliers, result.F, result.H, result.model)
+
+    def write_oldest() -> None:
+        (name1, name2), future = pending.popleft()
+        pair = future.result()
+        store.write(name1, name2, pair)
+        bar.update(1)
+        log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
+                 pair.num_inliers, bar.n, len(pairs))
+
+    bar = tqdm(total=len(pairs), desc="match", unit="pair", disable=not progress, leave=False)
+    pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
+    threads = config.matching.threads if config.matching.threads > 0 else torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
+    try:
+        for name1, name2 in pairs:
+            if store.has(name1, name2):
+                report.pairs_reused += 1
+                bar.update(1)
+                continue
+            f1, f2 = cache.get(name1), cache.get(name2)
+            pending.append(((name1, name2), pool.submit(match_pair, f1, f2)))
+            if len(pending) >= 2 * workers:  # bounded look-ahead: memory does not grow with the pair count
+                write_oldest()
+        while pending:
+            write_oldest()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(previous_threads)
+        bar.close()
 
 
 def _database_images(image_dir: Path, names: list[str], features: FeatureStore) -> Iterator[DatabaseImage]:

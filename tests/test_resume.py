@@ -80,10 +80,12 @@ def test_killed_during_matching_resumes_without_redoing_pairs(small_scene: Path,
 
 
 def test_same_inputs_give_the_same_database(small_scene: Path, tmp_path: Path) -> None:
-    a, b = tmp_path / "a" / "db.db", tmp_path / "b" / "db.db"
+    """Also with one or three matching workers (pairs run concurrently, results are written in pair order)."""
+    a, b, c = tmp_path / "a" / "db.db", tmp_path / "b" / "db.db", tmp_path / "c" / "db.db"
     _match(small_scene, a)
-    _match(small_scene, b)
-    assert _dump(a) == _dump(b)
+    _match(small_scene, b, "--set", "matching.workers=1")
+    _match(small_scene, c, "--set", "matching.workers=3")
+    assert _dump(a) == _dump(b) == _dump(c)
 
 
 def test_rerun_with_other_settings_refuses_stale_caches(small_scene: Path, tmp_path: Path) -> None:

@@ -259,3 +259,15 @@ def test_wheel_carries_presets_and_models(tmp_path: Path) -> None:
     for module in ("matcher/cli.py", "matcher/losses/__init__.py", "matcher/evaluation/__init__.py",
                    "matcher/training/__init__.py", "matcher/descriptors/__init__.py"):
         assert module in names
+
+
+def test_cache_fingerprint_leaves_the_config_alone() -> None:
+    """Settings that do not change results are left out of the cache fingerprint, without touching the config."""
+    from matcher.pipeline import MATCH_SECTIONS, _fingerprint
+
+    config = load_config("rootsift", [parse_override("descriptor.batch_size=64"), parse_override("matching.workers=3")])
+    fingerprint = _fingerprint(config, MATCH_SECTIONS)
+    assert config.descriptor.batch_size == 64 and "batch_size" in config.descriptor.__dict__
+    assert "workers" not in fingerprint and "precision" in fingerprint
+    config.matching.workers = 1
+    assert _fingerprint(config, MATCH_SECTIONS) == fingerprint

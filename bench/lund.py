@@ -17,8 +17,8 @@ conditions relaxed for forward motion (``forward``), and ``pycolmap.global_mappi
 model is summarised. Database numbers: verified pairs = two-view geometries with at least one inlier, inlier
 matches = their sum.
 
-``--variants preset t1b256`` adds a run of ours with torch at 1 thread and ``matching.block_size`` 256 (same
-matches, see ``OURS_VARIANTS``). cProfile (on unless ``--no-profile``) runs around the first variant's run of the
+``--variants preset fp32 serial`` adds runs of ours with float32 candidate proposals (the path of CPUs without
+native bfloat16) and with one matching worker (pairs one after the other); see ``OURS_VARIANTS``. cProfile (on unless ``--no-profile``) runs around the first variant's run of the
 last round (about 6e5 Python calls, so the overhead is negligible next to the run time) and prints the top
 functions.
 
@@ -54,10 +54,9 @@ MAPPING_VARIANTS: dict[str, dict[str, float]] = {
 }
 
 
-# Variants of our run, all with the same preset; "preset": as shipped. "t1b256": torch at 1 intra-op thread
-# (OpenCV keeps --threads) and matching.block_size 256; the matches are identical (checked in RESULTS.md), only
-# the speed differs. Added because MNN dominates our time and is 2-3x faster that way on the shared machine.
-OURS_VARIANTS = ("preset", "t1b256")
+# Variants of our run, all with the same preset; "preset": as shipped. "fp32": matching.precision = "fp32" (what
+# a CPU without native bfloat16 runs). "serial": matching.workers = 1 (one pair at a time, same results).
+OURS_VARIANTS = ("preset", "fp32", "serial")
 
 
 def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile: bool,
@@ -69,9 +68,10 @@ def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile:
 
     config = load_config(preset)
     config.mapping.num_threads = threads
-    if variant == "t1b256":
-        config.matching.block_size = 256
-        torch.set_num_threads(1)
+    if variant == "fp32":
+        config.matching.precision = "fp32"
+    elif variant == "serial":
+        config.matching.workers = 1
     workdir.mkdir(parents=True)  # fresh folder: cached features.h5/matches.h5 of an earlier run must not be reused
     db = workdir / "ours.db"
     profiler = cProfile.Profile() if profile else None
@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=4096, help="pycolmap sift.max_num_features")
     parser.add_argument("--mapping", nargs="*", default=list(MAPPING_VARIANTS), choices=list(MAPPING_VARIANTS))
     parser.add_argument("--variants", nargs="+", default=["preset"], choices=list(OURS_VARIANTS),
-                        help="our run variants (t1b256: torch 1 thread + matching.block_size 256)")
+                        help="our run variants (fp32: float32 proposals; serial: one matching worker)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
 

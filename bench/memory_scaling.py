@@ -13,7 +13,7 @@ no reconstruction. Reported per N:
 * sizes of features.h5, matches.h5 and the database.
 
 Extra runs to explain growth: ``--small-cache-ns`` repeats some N with the pipeline's feature LRU
-(``pipeline._FeatureCache``, 32 images by default) limited to 4 images, patched in the child;
+(``pipeline._FeatureCache``, 16 images by default) limited to 4 images, patched in the child;
 ``--fixed-mmap-ns`` repeats some N with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the child's environment (glibc then
 serves every block above 1 MiB with its own mmap and unmaps it on free, instead of raising the threshold
 dynamically and recycling big freed blocks inside a fragmenting heap).

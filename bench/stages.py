@@ -14,10 +14,10 @@ prepares the inputs, then:
 
 Stages: read (decode the full JPEG to grey), resize (INTER_AREA), detect (OpenCV DoG, one keypoint per
 location, ``detection.max_keypoints`` kept), patches (LAFs + kornia ``extract_patches_from_pyramid``),
-describe RootSIFT (OpenCV on our keypoints), describe SDGMNet fp32 and bf16 autocast (channels_last, batch
-1024; randomly initialised network: right for speed, meaningless for accuracy), MNN matching of the pair
-(the pipeline's ratio), the same with torch at 1 thread and ``block_size`` 256 (a variant, not the pipeline's
-setting), verification of the pair (F + H with MAGSAC++), HDF5 cache write and COLMAP database write of the
+describe RootSIFT (OpenCV on our keypoints), describe SDGMNet fp32 and bf16 (a bfloat16 copy of the network;
+channels_last, batch 1024; randomly initialised network: right for speed, meaningless for accuracy), MNN
+matching of the pair (the pipeline's settings: bfloat16 proposals where the CPU has them, 1 torch thread, blocks
+of 256), the same with float32 proposals (``precision = "fp32"``, the path of CPUs without bfloat16), verification of the pair (F + H with MAGSAC++), HDF5 cache write and COLMAP database write of the
 two images and the pair; baseline: ``pycolmap.FeatureExtractor.extract_from_uint8_array`` (CPU SIFT,
 ``max_num_features`` = keypoints, ``num_threads`` = 2) on the same resized image.
 
@@ -56,7 +56,7 @@ STAGES = (
     "describe SDGMNet fp32",
     "describe SDGMNet bf16",
     "MNN matching (1 pair)",
-    "MNN, torch 1 thread, block_size 256",
+    "MNN, float32 proposals",
     "verification (1 pair)",
     "HDF5 cache write (2 img + 1 pair)",
     "database write (2 img + 1 pair)",
@@ -145,14 +145,10 @@ def _prepare(image_dir: Path, size: int, n: int, threads: int, workdir: Path) ->
         images = (DatabaseImage(name, image_dir / name, f) for name, f in zip(IMAGES, features))
         return write_database(workdir / "bench.db", images, iter([(IMAGES[0], IMAGES[1], pair)]), ExportConfig())
 
-    small_blocks = MatchingConfig(ratio=match_cfg.ratio, block_size=256)
+    fp32_proposals = MatchingConfig(ratio=match_cfg.ratio, precision="fp32")
 
-    def mnn_one_thread() -> Any:  # a variant, not the pipeline's setting: see RESULTS.md
-        torch.set_num_threads(1)
-        try:
-            return mutual_nearest_neighbours(desc[0], desc[1], small_blocks)
-        finally:
-            torch.set_num_threads(threads)
+    def mnn_fp32() -> Any:  # the path of CPUs without native bfloat16
+        return mutual_nearest_neighbours(desc[0], desc[1], fp32_proposals)
 
     stages: dict[str, Callable[[], Any]] = {
         STAGES[0]: lambda: read_image(image_dir, IMAGES[0]),
@@ -163,7 +159,7 @@ def _prepare(image_dir: Path, size: int, n: int, threads: int, workdir: Path) ->
         STAGES[5]: lambda: describe_patches(model, patches, 1024, bf16=False),
         STAGES[6]: lambda: describe_patches(model, patches, 1024, bf16=True),
         STAGES[7]: lambda: mutual_nearest_neighbours(desc[0], desc[1], match_cfg),
-        STAGES[8]: mnn_one_thread,
+        STAGES[8]: mnn_fp32,
         STAGES[9]: lambda: verify_pair(xy1, xy2, threshold, verif_cfg),
         STAGES[10]: hdf5_write,
         STAGES[11]: db_write,

@@ -200,9 +200,13 @@ def extract_all(
 
 
 class _FeatureCache:
-    """A small LRU of features read from the store, so memory does not grow with the number of images."""
+    """A small LRU of features read from the store, so memory does not grow with the number of images.
 
-    def __init__(self, store: FeatureStore, capacity: int = 32) -> None:
+    16 images (about 2.6 MiB each at 4096 keypoints) cover sequential pairs up to an overlap of 15 without
+    re-reads; exhaustive pairs re-read from the HDF5 file (the OS page cache), which costs under 1 ms per read.
+    """
+
+    def __init__(self, store: FeatureStore, capacity: int = 16) -> None:
         self.store, self.capacity = store, capacity
         self.items: OrderedDict[str, ImageFeatures] = OrderedDict()
 

@@ -78,7 +78,7 @@ class DescriptorConfig:
     (weights and activations).
     """
 
-    name: str = "rootsift"
+    name: str = "sdgmnet"
     weights: str = "sdgmnet"
     batch_size: int = 1024
     bf16: bool = False

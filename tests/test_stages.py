@@ -243,7 +243,10 @@ def test_config_merges_defaults_preset_and_overrides(tmp_path: Path) -> None:
         load_config("default", [{"detection": {"max_keypoints": "many"}}])
     with pytest.raises(ConfigError, match="unknown section"):
         load_config("default", [{"detector": {"x": 1}}])
-    assert PipelineConfig().descriptor.name == "rootsift"
+    # Presets apply over the dataclass defaults, which are the default preset's: "sequential" describes with SDGMNet.
+    assert PipelineConfig() == load_config("default")
+    assert load_config("sequential").descriptor.name == "sdgmnet" == PipelineConfig().descriptor.name
+    assert load_config("rootsift").descriptor.name == "rootsift"
 
 
 def test_wheel_carries_presets_and_models(tmp_path: Path) -> None:

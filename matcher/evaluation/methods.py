@@ -156,7 +156,8 @@ class OursMethod(Method):
         weights_note = f", weights {self.weights}" if self.weights else ""
         self.description = (
             f"matcher pipeline: DoG (OpenCV, largest scales kept, one orientation per location) + {descriptor}"
-            f"{weights_note}, mutual NN + ratio 0.9, MAGSAC++ F/H at 1 px of the detection image"
+            f"{weights_note}, mutual NN + ratio {PipelineConfig().matching.ratio:g}, MAGSAC++ F/H at 1 px of the "
+            "detection image"
         )
 
     def config(self) -> PipelineConfig:
@@ -233,7 +234,7 @@ class OpenCVSiftMethod(Method):
     name = "opencv-sift"
     description = (
         "cv2.SIFT detectAndCompute (nfeatures = budget, strongest responses, second orientations kept), "
-        "plain SIFT descriptors (L2), then our mutual NN + ratio 0.9 and MAGSAC++ F/H"
+        f"plain SIFT descriptors (L2), then our mutual NN + ratio {PipelineConfig().matching.ratio:g} and MAGSAC++ F/H"
     )
 
     def __init__(self, settings: EvalSettings) -> None:

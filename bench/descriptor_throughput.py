@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--weights", default="")
     parser.add_argument("--patches", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256, help="patches per call (the pipeline's default)")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     print(common.machine_notes(), flush=True)
@@ -91,12 +92,12 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeat):
             t = time.perf_counter()
-            d = run(model, p1, batch_size=1024, bf16=bf16)
+            d = run(model, p1, batch_size=args.batch_size, bf16=bf16)
             best = min(best, time.perf_counter() - t)
-        results[mode] = (d, run(model, p2, batch_size=1024, bf16=bf16))
+        results[mode] = (d, run(model, p2, batch_size=args.batch_size, bf16=bf16))
         rate = len(p1) / best
         rows.append((mode, rate, rate * FLOP_PER_PATCH / 1e9, peaks[mode] / 1e9, rate * FLOP_PER_PATCH / peaks[mode]))
-    print(f"patches: {len(p1)} real entry-P10 patches; threads: {torch.get_num_threads()}; "
+    print(f"patches: {len(p1)} real entry-P10 patches in batches of {args.batch_size}; threads: {torch.get_num_threads()}; "
           f"weights: {args.weights or 'random init'}\n")
     print("| mode | patches/s | achieved GFLOP/s | GEMM peak GFLOP/s | share of peak |")
     print("|---|---:|---:|---:|---:|")

@@ -16,7 +16,7 @@ __all__ = ["SDGMNetDescriptor", "describe_patches"]
 
 
 def describe_patches(
-    model: SDGMNet, patches: torch.Tensor, batch_size: int = 1024, bf16: bool = False
+    model: SDGMNet, patches: torch.Tensor, batch_size: int = 256, bf16: bool = False
 ) -> torch.Tensor:
     """Run the network in batches under ``torch.inference_mode``.
 
@@ -57,7 +57,7 @@ class SDGMNetDescriptor:
     dim = 128
 
     def __init__(
-        self, weights: str = "sdgmnet", magnification: float | None = None, batch_size: int = 1024, bf16: bool = False
+        self, weights: str = "sdgmnet", magnification: float | None = None, batch_size: int = 256, bf16: bool = False
     ) -> None:
         self.model, self.meta = load_sdgmnet(weights)
         self.model = self.model.to(torch.bfloat16 if bf16 else torch.float32, memory_format=torch.channels_last)

@@ -261,11 +261,13 @@ def match_all(
         pair = future.result()
         store.write(name1, name2, pair)
         bar.update(1)
+        done[0] += 1
         log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
-                 pair.num_inliers, bar.n, len(pairs))
+                 pair.num_inliers, done[0], len(pairs))
 
     bar = tqdm(total=len(pairs), desc="match", unit="pair", disable=not progress, leave=False)
     pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
+    done = [0]  # pairs finished, reused ones included (tqdm's own count stays 0 when the bar is disabled)
     threads = config.matching.threads if config.matching.threads > 0 else torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
@@ -274,6 +276,7 @@ def match_all(
             if store.has(name1, name2):
                 report.pairs_reused += 1
                 bar.update(1)
+                done[0] += 1
                 continue
             f1, f2 = cache.get(name1), cache.get(name2)
             pending.append(((name1, name2), pool.submit(match_pair, f1, f2)))

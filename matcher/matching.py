@@ -102,13 +102,15 @@ def mutual_nearest_neighbours(
     d2 = torch.from_numpy(np.ascontiguousarray(desc2, dtype=np.float32))
     dtype = similarity_dtype(config.precision)
     previous_threads = torch.get_num_threads()
-    if config.threads > 0:
+    change_threads = 0 < config.threads != previous_threads  # callers that already set them (workers) skip this
+    if change_threads:
         torch.set_num_threads(config.threads)
     try:
         with torch.inference_mode():
             return _match(d1, d2, dtype, max(1, config.block_size), config.ratio if n2 > 1 else 0.0)
     finally:
-        torch.set_num_threads(previous_threads)
+        if change_threads:
+            torch.set_num_threads(previous_threads)
 
 
 def _match(d1: torch.Tensor, d2: torch.Tensor, dtype: torch.dtype, block: int,

@@ -13,7 +13,6 @@ settings (a fingerprint of the relevant config sections and the descriptor weigh
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -247,36 +246,37 @@ def match_all(
     """
     cache = _FeatureCache(features)
     workers = config.matching.workers if config.matching.workers > 0 else (os.cpu_count() or 1)
-    per_pair = dataclasses.replace(config.matching, threads=0)  # threads are set once per worker below
 
     def match_pair(f1: ImageFeatures, f2: ImageFeatures) -> PairMatches:
-        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, per_pair)
+        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
         result = verify_pair(
             f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]], _threshold_px(config, f1, f2), config.verification
         )
         return PairMatches(matches, scores, result.inliers, result.F, result.H, result.model)
 
     def write_oldest() -> None:
+        nonlocal done
         (name1, name2), future = pending.popleft()
         pair = future.result()
         store.write(name1, name2, pair)
         bar.update(1)
-        done[0] += 1
+        done += 1
         log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
-                 pair.num_inliers, done[0], len(pairs))
+                 pair.num_inliers, done, len(pairs))
 
     bar = tqdm(total=len(pairs), desc="match", unit="pair", disable=not progress, leave=False)
     pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
-    done = [0]  # pairs finished, reused ones included (tqdm's own count stays 0 when the bar is disabled)
+    done = 0  # pairs finished, reused ones included (tqdm's own count stays 0 when the bar is disabled)
     threads = config.matching.threads if config.matching.threads > 0 else torch.get_num_threads()
     previous_threads = torch.get_num_threads()
+    # Set once for the phase (the setting is process-wide): each call then finds it and leaves it alone.
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
     try:
         for name1, name2 in pairs:
             if store.has(name1, name2):
                 report.pairs_reused += 1
                 bar.update(1)
-                done[0] += 1
+                done += 1
                 continue
             f1, f2 = cache.get(name1), cache.get(name2)
             pending.append(((name1, name2), pool.submit(match_pair, f1, f2)))

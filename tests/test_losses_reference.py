@@ -381,7 +381,11 @@ def test_dgcrl_auto_mode_switches_on_class_count() -> None:
     assert loss.statistics()["mode"] == 2.0
     x8, labels8 = random_batch(0, dim=8, spread=1.2)
     loss(x8, labels8)
-    assert loss.statistics()["mode"] == 1.0
+    assert loss.statistics()["mode"] == 2.0  # batch-local centres: soft even when K <= D
+    classes, dense = torch.unique(labels8, return_inverse=True)
+    table_loss = DGCRLLoss(decorrelation="auto", num_classes=len(classes), embedding_dim=8).double()
+    table_loss(x8, dense)
+    assert table_loss.statistics()["mode"] == 1.0  # global centres with K <= D: Gram-Schmidt
     with pytest.raises(ValueError):
         DGCRLLoss(decorrelation="gram_schmidt")(x, labels)
 
@@ -424,7 +428,7 @@ def ref_ddtas(x, labels, m=0.1, lam=0.5, alpha=40.0, beta=2.0, adaptive=True, fn
 
     gp, gn = m, m / 10
     if adaptive:
-        first = mine(gp, gn)
+        first = mine(m, m)  # negatives of the first pass counted with tolerance m (methods.md §4.3, corrected)
         n_neg = sum(len(k[1]) for k in first)
         p_tot = sum(len(sets(i)[0]) for i in range(b))
         r = n_neg / p_tot

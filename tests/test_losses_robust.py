@@ -180,3 +180,13 @@ def test_sdgm_total_steps_advances_progress_itself() -> None:
     loss.eval()
     loss(unit(8, 8, seed=9), labels)
     assert loss.statistics()["progress"] == pytest.approx(0.3) and loss.statistics()["steps"] == 4
+
+
+def test_smart_mining_refreshes_relative_to_the_run_length() -> None:
+    """A 300-step run mines 5 times by default (every 60 steps), not once on the untrained network."""
+    loss = SmartMiningLoss()
+    loss.set_run_length(300)
+    assert loss.refresh_every == 60
+    fixed = SmartMiningLoss(refresh_every=100)
+    fixed.set_run_length(300)
+    assert fixed.refresh_every == 100

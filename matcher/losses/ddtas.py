@@ -68,7 +68,8 @@ class DDTASLoss(DescriptorLoss):
     s ≥ 1 − 1e-5 as the code does) and negative similarities N_i (other-label rows, minus the false-negative
     guard): keep n if s_in > min P_i − γ_neg, keep p if s_ip < max N_i + γ_pos.
 
-    **AT-ASMS** (``adaptive=True``): a first pass with (m, m/10) counts ñ mined negatives (over all anchors) and
+    **AT-ASMS** (``adaptive=True``): a first pass with tolerance m for negatives (the released ``SoftCon.py``;
+    methods.md §4.3 said m/10 until 2026-12-01) counts ñ mined negatives (over all anchors) and
     P_tot positive pairs (ordered, all of them); r = ñ / P_tot; if r > 1, τ = σ(r)/2, γ_pos = m(1 + τ),
     γ_neg = (m/10)(1 − τ), else (m, m/10); the second pass mines with those. With K = 2 views P_tot = B, so r is
     the mean number of mined negatives per anchor (methods.md §4.6's "(mined negatives)/(N pairs)" counts the
@@ -181,7 +182,8 @@ class DDTASLoss(DescriptorLoss):
         gamma_pos, gamma_neg = self.m, self.m / 10.0
         r, tau = float("nan"), 0.0
         if self.adaptive:
-            _, keep_neg0 = self._asms(sim, pos, neg, gamma_pos, gamma_neg)
+            # First pass: negatives counted with tolerance m, not m/10 (DDTAS's SoftCon.py; methods.md §4.3).
+            _, keep_neg0 = self._asms(sim, pos, neg, self.m, self.m)
             p_tot = int(pos.sum())
             r = float(keep_neg0.sum()) / p_tot if p_tot > 0 else 0.0
             gamma_pos, gamma_neg = at_asms_tolerances(r, self.m)

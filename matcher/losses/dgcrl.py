@@ -100,7 +100,16 @@ class DGCRLLoss(DescriptorLoss):
       batch's centres is not a parameter update; GS order = ascending label.
     * ``"soft"`` [PROPOSAL §3]: where K > D (e.g. 160k patch identities, or large batches), a penalty
       w_dec · mean_{k≠l} max(0, ĉ_kᵀĉ_l)² on the normalised centres' Gram matrix (off-diagonals pushed to ≤ 0).
-    * ``"auto"`` (default): Gram–Schmidt when K ≤ D, else soft. ``"none"``: no decorrelation.
+    * ``"auto"`` (default): batch-local centres get the soft penalty; global centres Gram–Schmidt when K ≤ D,
+      else soft. ``"none"``: no decorrelation.
+
+    Why not Gram–Schmidt on batch-local centres (the default until 2026-12-01): a batch's centres are the means of
+    unrelated patches, not parameters, and orthonormalising 128 of them in 128 dimensions *replaces* them: in label
+    order, the first centres stay near their views (cosine 0.92–0.95) and the last ones end up nearly orthogonal
+    to their own views (0.02–0.06), while the straight-through gradient hides it. The ranking then asks the last
+    identities' views to approach directions unrelated to them. The soft penalty only pushes positive cosines
+    between centres towards ≤ 0 (decorrelation), so no centre is moved away from its views. ``"gram_schmidt"``
+    can still be asked for explicitly.
 
     Hyper-parameters (defaults; the paper's are not verified): ``scale`` s = 1.0 (for a hinge on squared
     distances s only rescales the margin, §3 "N-S layer"), ``learn_scale`` = False, ``margin`` m = 0.5 (in units
@@ -145,7 +154,8 @@ class DGCRLLoss(DescriptorLoss):
 
     def _mode(self, k: int, d: int) -> str:
         if self.decorrelation == "auto":
-            return "gram_schmidt" if k <= d else "soft"
+            # Batch-local centres are never Gram-Schmidt-ed by "auto": see the class docstring.
+            return "gram_schmidt" if k <= d and self.num_classes is not None else "soft"
         if self.decorrelation == "gram_schmidt" and k > d:
             raise ValueError(f"Gram-Schmidt needs at most D = {d} centres, the batch has {k}; use 'soft' or 'auto'")
         return self.decorrelation

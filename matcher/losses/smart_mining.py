@@ -140,7 +140,10 @@ class SmartMiningLoss(DescriptorLoss):
     * ``global_weight`` w_g = 1.0, ``global_lambda`` λ_g = 1.0, ``global_margin`` t = 0.5;
     * ``k`` = 16 neighbours per sample; ``neighbours_per_seed`` = 3; ``hard_positive_prob`` q = 0.5;
     * controller: ``epsilon_init`` = 0.2, ``epsilon_max`` = 1.0, ``rho_target`` ρ* = 0.5, ``gain`` κ = 0.1;
-    * ``refresh_every`` = 1000 training steps between mining passes (the paper mines every epoch or few epochs);
+    * ``refresh_every`` = None: ``refreshes_per_run`` = 5 mining passes spread over the run, whose length the
+      trainer gives with :meth:`set_run_length` (the paper mines every epoch or few epochs). Until 2026-12-01 the
+      default was a fixed 1000 steps, so a 300-step run mined once, on the untrained network. An integer fixes the
+      interval in steps (1000 when no run length is given);
     * ``duplicate_cos`` = 1 − 1e-5: in-batch candidates at least this similar are not negatives.
 
     Statistics: ε, the last ρ, admitted/informative triplets per anchor, refresh count, steps, and the last batch's
@@ -161,7 +164,8 @@ class SmartMiningLoss(DescriptorLoss):
         epsilon_max: float = 1.0,
         rho_target: float = 0.5,
         gain: float = 0.1,
-        refresh_every: int = 1000,
+        refresh_every: int | None = None,
+        refreshes_per_run: int = 5,
         duplicate_cos: float = 1.0 - 1e-5,
     ) -> None:
         super().__init__()
@@ -175,7 +179,9 @@ class SmartMiningLoss(DescriptorLoss):
         self.epsilon_max = float(epsilon_max)
         self.rho_target = float(rho_target)
         self.gain = float(gain)
-        self.refresh_every = int(refresh_every)
+        self.fixed_refresh_every = None if refresh_every is None else int(refresh_every)
+        self.refreshes_per_run = int(refreshes_per_run)
+        self.refresh_every = self.fixed_refresh_every or 1000
         self.duplicate_cos = float(duplicate_cos)
         self.register_buffer("epsilon", torch.tensor(float(epsilon_init), dtype=torch.float64))
         self.register_buffer("rho", torch.tensor(float("nan"), dtype=torch.float64))
@@ -221,6 +227,11 @@ class SmartMiningLoss(DescriptorLoss):
         return loss
 
     # ------------------------------------------------------------------------------------- the mining hook
+    def set_run_length(self, steps: int) -> None:
+        """Spread ``refreshes_per_run`` mining passes over a run of ``steps`` (unless ``refresh_every`` was fixed)."""
+        if self.fixed_refresh_every is None:
+            self.refresh_every = max(1, math.ceil(int(steps) / max(1, self.refreshes_per_run)))
+
     def needs_refresh(self) -> bool:
         """True if no index exists yet or ``refresh_every`` training steps passed since the last refresh."""
         return self.index is None or int(self.steps - self.steps_at_refresh) >= self.refresh_every

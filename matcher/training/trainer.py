@@ -181,6 +181,7 @@ def _batches(config: TrainConfig, loss: torch.nn.Module, model: SDGMNet, data: P
              start: int) -> Iterator[np.ndarray]:
     """Index batches (into ``data``) for steps start, start+1, ..."""
     if isinstance(loss, SmartMiningLoss):
+        loss.set_run_length(config.steps)
         sub_labels = data.labels[train_idx]
         stream = loss.batch_stream(model, data.patches[train_idx], sub_labels, config.identities_per_batch,
                                    config.views_per_identity, seed=config.seed)
@@ -210,12 +211,25 @@ def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int) -
     }
 
 
+def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """A training checkpoint: tensors and plain data only, loaded with ``weights_only=True`` (a checkpoint that
+    needs arbitrary pickled objects, which could run code, is refused)."""
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{ckpt}: not a readable training checkpoint ({reason}); delete it to start over") from None
+    if not isinstance(state, dict) or not {"model", "step", "history"} <= set(state):
+        raise ConfigError(f"{ckpt}: not a training checkpoint of matcher; delete it to start over")
+    return state
+
+
 def export_checkpoint(config: TrainConfig, out: Path) -> int:
     """Write the weights of the run's latest checkpoint to ``out`` (a run cut short); returns its step."""
     ckpt = config.checkpoint_path()
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt}: no checkpoint to export")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = _load_checkpoint(ckpt)
     model = SDGMNet()
     model.load_state_dict(state["model"])
     save_sdgmnet(model, Path(out), _metadata(config, state["history"], int(state["step"])))
@@ -262,7 +276,7 @@ def train(
     start = 0
     ckpt = config.checkpoint_path()
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = _load_checkpoint(ckpt)
         if state.get("config") != dataclasses.asdict(config):
             raise ConfigError(f"{ckpt}: checkpoint of another configuration; delete it to start over")
         model.load_state_dict(state["model"])

@@ -1,0 +1,208 @@
+"""A hard, descriptor-independent patch benchmark on scenes with known cameras.
+
+Positives are the descriptor-free tracks of :mod:`matcher.training.gt_tracks`: every pair of views of a track,
+whether or not any descriptor would match it. Each positive pair (view a, keypoint p) ↔ (view b, keypoint q) is
+binned by the **viewpoint angle** (the angle at the 3D point between the rays to the two camera centres) and by
+the **scale ratio** of the two detected keypoints (larger σ / smaller σ). It is used in both directions.
+
+For a directed pair p → view b, the candidates are *all* keypoints the detector found in view b (the matcher's
+real competition), except those within ``max(exclusion_px, σ_q / 2)`` of q (the same blob). From them:
+
+* **mAP**: the rank of q among the candidates by descriptor similarity; with one positive, AP = 1 / rank. The
+  mean over a bin's directed pairs is its mAP (HPatches' matching task, with the detector's own keypoints).
+* **FPR95**: verification pairs made of the bin's positives and, per positive, hard negatives: the
+  ``spatial_negatives`` keypoints of view b nearest to q (descriptor-independent) and the most similar
+  candidate by this descriptor (its own hardest negative). FPR at 95 % recall of the positives.
+
+A descriptor is any function ``View -> (N, 128)`` unit rows for all keypoints of the view (see
+:func:`patch_describer` and :func:`opencv_rootsift_describer`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from matcher.descriptors.rootsift import RootSIFT
+from matcher.patches import extract_patches, lafs_from_keypoints
+from matcher.training.gt_tracks import Tracks, View
+from matcher.training.metrics import fpr95
+
+__all__ = [
+    "ANGLE_BINS",
+    "SCALE_BINS",
+    "PositivePairs",
+    "positive_pairs",
+    "DirectedScores",
+    "score_pairs",
+    "bin_metrics",
+    "view_patches",
+    "patch_describer",
+    "opencv_rootsift_describer",
+]
+
+#: viewpoint-angle bins in degrees, [low, high).
+ANGLE_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0, 60.0))
+#: scale-ratio bins (larger σ / smaller σ), [low, high).
+SCALE_BINS: tuple[tuple[float, float], ...] = ((1.0, 1.25), (1.25, 2.0), (2.0, np.inf))
+
+Describer = Callable[[View], np.ndarray]
+
+
+@dataclass
+class PositivePairs:
+    """Unordered positive pairs (M,): views ``view_a < view_b``, keypoints, ``angle`` (degrees) and
+    ``scale_ratio`` (>= 1)."""
+
+    view_a: np.ndarray
+    kp_a: np.ndarray
+    view_b: np.ndarray
+    kp_b: np.ndarray
+    angle: np.ndarray
+    scale_ratio: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.view_a.size)
+
+
+def positive_pairs(views: list[View], tracks: Tracks) -> PositivePairs:
+    """Every pair of views of every track, with its viewpoint angle and scale ratio."""
+    centres = np.stack([v.centre for v in views])
+    cols: list[list[np.ndarray]] = [[] for _ in range(6)]
+    starts = np.flatnonzero(np.r_[True, tracks.track[1:] != tracks.track[:-1]])
+    ends = np.r_[starts[1:], tracks.track.size]
+    lengths = ends - starts
+    for length in np.unique(lengths):
+        sel = starts[lengths == length]
+        ia, ib = np.triu_indices(int(length), 1)
+        rows_a = sel[:, None] + ia[None]
+        rows_b = sel[:, None] + ib[None]
+        X = tracks.points[tracks.track[sel]][:, None]  # (T, 1, 3)
+        ra = centres[tracks.view[rows_a]] - X
+        rb = centres[tracks.view[rows_b]] - X
+        cos = (ra * rb).sum(-1) / (np.linalg.norm(ra, axis=-1) * np.linalg.norm(rb, axis=-1))
+        sa = np.array([views[v].keypoints.scales[k] for v, k in zip(tracks.view[rows_a].ravel(),
+                                                                     tracks.keypoint[rows_a].ravel())])
+        sb = np.array([views[v].keypoints.scales[k] for v, k in zip(tracks.view[rows_b].ravel(),
+                                                                     tracks.keypoint[rows_b].ravel())])
+        cols[0].append(tracks.view[rows_a].ravel())
+        cols[1].append(tracks.keypoint[rows_a].ravel())
+        cols[2].append(tracks.view[rows_b].ravel())
+        cols[3].append(tracks.keypoint[rows_b].ravel())
+        cols[4].append(np.degrees(np.arccos(np.clip(cos, -1, 1))).ravel())
+        cols[5].append((np.maximum(sa, sb) / np.minimum(sa, sb)).astype(np.float64))
+    if not cols[0]:
+        z = np.zeros(0, np.int64)
+        return PositivePairs(z, z, z, z, np.zeros(0), np.zeros(0))
+    return PositivePairs(*(np.concatenate(c) for c in cols))
+
+
+@dataclass
+class DirectedScores:
+    """Scores of the directed positive pairs (2M: a→b then b→a) for one descriptor.
+
+    ``positive`` (2M,), ``hardest`` (2M,) the most similar non-matching candidate, ``spatial`` (2M, S) the
+    spatial-neighbour negatives (NaN where view b has fewer), ``rank`` (2M,) rank of the positive (1 = first).
+    """
+
+    positive: np.ndarray
+    hardest: np.ndarray
+    spatial: np.ndarray
+    rank: np.ndarray
+
+
+def score_pairs(
+    views: list[View],
+    pairs: PositivePairs,
+    descriptors: list[np.ndarray],
+    spatial_negatives: int = 4,
+    exclusion_px: float = 3.0,
+    chunk: int = 2048,
+) -> DirectedScores:
+    """Score both directions of every positive pair against all keypoints of the target view.
+
+    Args:
+        views: the views (keypoints give the exclusion zone and spatial neighbours).
+        pairs: :func:`positive_pairs`.
+        descriptors: per view, (N_v, D) unit rows for all its keypoints.
+    """
+    src_v = np.r_[pairs.view_a, pairs.view_b]
+    src_k = np.r_[pairs.kp_a, pairs.kp_b]
+    dst_v = np.r_[pairs.view_b, pairs.view_a]
+    dst_k = np.r_[pairs.kp_b, pairs.kp_a]
+    n = src_v.size
+    positive = np.zeros(n)
+    hardest = np.full(n, -np.inf)
+    spatial = np.full((n, spatial_negatives), np.nan)
+    rank = np.ones(n, np.int64)
+    desc = [torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32)) for d in descriptors]
+    for b in np.unique(dst_v):
+        rows_all = np.flatnonzero(dst_v == b)
+        xy_b = torch.from_numpy(views[b].keypoints.xy.astype(np.float32))
+        for start in range(0, rows_all.size, chunk):
+            rows = rows_all[start : start + chunk]
+            anchors = torch.stack([desc[v][k] for v, k in zip(src_v[rows], src_k[rows])])
+            sims = anchors @ desc[b].T  # (R, N_b)
+            q = torch.from_numpy(dst_k[rows])
+            pos = sims[torch.arange(rows.size), q]
+            radius = torch.from_numpy(np.maximum(exclusion_px, 0.5 * views[b].keypoints.scales[dst_k[rows]]))
+            dist = torch.cdist(xy_b[q], xy_b)  # (R, N_b)
+            excluded = dist < radius[:, None].float()
+            sims_neg = sims.masked_fill(excluded, -np.inf)
+            positive[rows] = pos.numpy()
+            hardest[rows] = sims_neg.max(1).values.numpy()
+            rank[rows] = 1 + (sims_neg > pos[:, None]).sum(1).numpy()
+            k = min(spatial_negatives, xy_b.shape[0])
+            nearest = dist.masked_fill(excluded, np.inf).topk(k, dim=1, largest=False)
+            vals = sims.gather(1, nearest.indices)
+            vals[~torch.isfinite(nearest.values)] = float("nan")
+            spatial[rows, :k] = vals.numpy()
+    return DirectedScores(positive, hardest, spatial, rank)
+
+
+def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:
+    """FPR95 and mAP of the directed pairs selected by ``in_bin`` (2M,) bool.
+
+    Returns:
+        {"fpr95", "map", "positives" (directed pairs), "negatives"}; NaN metrics when the bin is empty.
+    """
+    rows = np.flatnonzero(in_bin)
+    if rows.size == 0:
+        return {"fpr95": float("nan"), "map": float("nan"), "positives": 0, "negatives": 0}
+    negatives = np.concatenate([scores.hardest[rows][np.isfinite(scores.hardest[rows])],
+                                scores.spatial[rows][np.isfinite(scores.spatial[rows])]])
+    labels = np.r_[np.ones(rows.size), np.zeros(negatives.size)]
+    values = np.r_[scores.positive[rows], negatives]
+    return {
+        "fpr95": fpr95(labels, values),
+        "map": float(np.mean(1.0 / scores.rank[rows])),
+        "positives": int(rows.size),
+        "negatives": int(negatives.size),
+    }
+
+
+def view_patches(view: View, magnification: float = 6.0) -> torch.Tensor:
+    """(N, 1, 32, 32) patches of all keypoints of ``view``, cut by the pipeline's code."""
+    return extract_patches(view.gray, lafs_from_keypoints(view.keypoints, magnification))
+
+
+def patch_describer(describe: Callable[[torch.Tensor], torch.Tensor], magnification: float = 6.0) -> Describer:
+    """A describer from a patch descriptor ``(N, 1, 32, 32) -> (N, D)`` (e.g. SDGMNet, kornia RootSIFT, TFeat)."""
+
+    def run(view: View) -> np.ndarray:
+        return torch.nn.functional.normalize(describe(view_patches(view, magnification)).float(), dim=1).numpy()
+
+    return run
+
+
+def opencv_rootsift_describer() -> Describer:
+    """The pipeline's RootSIFT: OpenCV SIFT on the image at the detected keypoints, RootSIFT-normalised."""
+    rootsift = RootSIFT()
+
+    def run(view: View) -> np.ndarray:
+        return rootsift.describe(view.gray, view.keypoints)
+
+    return run

@@ -46,6 +46,7 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
         "ratio": ("matching", "ratio"),
         "min_inliers": ("verification", "min_inliers"),
         "camera_model": ("export", "camera_model"),
+        "colmap_version": ("export", "colmap_version"),
         "single_camera": ("export", "single_camera"),
         "seed": ("mapping", "seed"),
         "mapper": ("mapping", "mapper"),
@@ -92,6 +93,9 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--ratio", type=float, default=None, help="Lowe ratio test threshold (0: off).")
 @click.option("--min-inliers", type=int, default=None, help="Inliers needed for a verified pair.")
 @click.option("--camera-model", default=None, help="COLMAP camera model (SIMPLE_RADIAL, PINHOLE, OPENCV, ...).")
+@click.option("--colmap-version", default=None, metavar="V",
+              help="COLMAP that will read the database, e.g. 3.8 (before 3.12: COLMAP 3.8's schema; "
+                   "default: the installed pycolmap's).")
 @click.option("--single-camera", is_flag=True, default=False, help="All images share one camera.")
 @click.option("--seed", type=int, default=None, help="Random seed (mapping).")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default=None,
@@ -197,3 +201,8 @@ from matcher.training.commands import dataset_group, finetune_command, train_com
 main.add_command(dataset_group)
 main.add_command(train_command)
 main.add_command(finetune_command)
+from matcher.interop_commands import convert_db_command, export_group, import_hloc_command  # noqa: E402
+
+main.add_command(convert_db_command)
+main.add_command(export_group)
+main.add_command(import_hloc_command)

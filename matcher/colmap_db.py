@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import pycolmap
@@ -33,7 +33,17 @@ from matcher.config import ExportConfig
 from matcher.errors import ConfigError
 from matcher.storage import ImageFeatures, PairMatches
 
-__all__ = ["DatabaseImage", "COLMAP_PIXEL_OFFSET", "write_database", "to_colmap_geometry"]
+__all__ = [
+    "DatabaseImage",
+    "COLMAP_PIXEL_OFFSET",
+    "ColmapPair",
+    "write_database",
+    "to_colmap_geometry",
+    "colmap_keypoints",
+    "colmap_descriptors",
+    "images_with_cameras",
+    "colmap_pairs",
+]
 
 COLMAP_PIXEL_OFFSET = 0.5
 _CONFIG_OF_MODEL = {
@@ -82,6 +92,86 @@ def _camera(image: DatabaseImage, config: ExportConfig) -> pycolmap.Camera:
     return camera
 
 
+def colmap_keypoints(features: ImageFeatures) -> np.ndarray:
+    """(N, 4) float32 ``[x, y, scale, orientation]`` in COLMAP's convention (+0.5, clockwise orientation)."""
+    keypoints = np.empty((len(features), 4), np.float32)
+    keypoints[:, :2] = features.keypoints + COLMAP_PIXEL_OFFSET
+    keypoints[:, 2] = features.scales
+    keypoints[:, 3] = -features.orientations
+    return keypoints
+
+
+def colmap_descriptors(features: ImageFeatures) -> np.ndarray:
+    """(N, D) uint8: COLMAP's SIFT conversion of unit float rows, ``round(512 · d)`` clipped to 255."""
+    return np.clip(np.round(features.descriptors * 512.0), 0, 255).astype(np.uint8)
+
+
+def images_with_cameras(
+    images: Iterable[DatabaseImage], config: ExportConfig
+) -> Iterator[tuple[DatabaseImage, pycolmap.Camera | None]]:
+    """Each image with the camera to create for it, or None when it shares the previous one (``single_camera``).
+
+    Raises ConfigError when ``single_camera`` is asked for images of different sizes.
+    """
+    first_size: tuple[int, int] | None = None
+    for image in images:
+        size = (image.features.width, image.features.height)
+        if first_size is None or not config.single_camera:
+            first_size = first_size or size
+            yield image, _camera(image, config)
+            continue
+        if size != first_size:
+            raise ConfigError(
+                f"{image.path}: --single-camera needs images of one size, "
+                f"got {size[0]}x{size[1]} and {first_size[0]}x{first_size[1]}"
+            )
+        yield image, None
+
+
+@dataclass
+class ColmapPair:
+    """One pair as COLMAP stores it: ``id1 < id2``, matches column 0 indexing image ``id1``.
+
+    ``matches`` (M, 2) uint32 raw matches; ``config``: a ``TwoViewGeometryConfiguration`` int, or None for an
+    unverified pair; ``F``/``H`` (3, 3) in COLMAP's pixel convention mapping image id1 to id2 (or None);
+    ``inlier_matches`` (K, 2) uint32 (empty when unverified).
+    """
+
+    id1: int
+    id2: int
+    matches: np.ndarray
+    config: int | None
+    F: np.ndarray | None
+    H: np.ndarray | None
+    inlier_matches: np.ndarray
+
+
+def colmap_pairs(pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, int]) -> Iterator[ColmapPair]:
+    """Our pairs (by name, geometry in our pixel convention) as COLMAP stores them; pairs without matches are
+    left out. F and H are converted with :func:`to_colmap_geometry` and re-oriented when the ids swap."""
+    for name1, name2, pair in pairs:
+        if len(pair.matches) == 0:
+            continue
+        id1, id2 = ids[name1], ids[name2]
+        matches = pair.matches.astype(np.uint32)
+        swapped = id1 > id2
+        if swapped:
+            id1, id2, matches = id2, id1, matches[:, ::-1]
+        matches = np.ascontiguousarray(matches)
+        if pair.model == "none":
+            yield ColmapPair(id1, id2, matches, None, None, None, np.zeros((0, 2), np.uint32))
+            continue
+        F = H = None
+        if pair.F is not None:
+            F = to_colmap_geometry("fundamental", pair.F)
+            F = F.T if swapped else F
+        if pair.H is not None:
+            H = to_colmap_geometry("homography", pair.H)
+            H = np.linalg.inv(H) if swapped else H
+        inliers = np.ascontiguousarray(matches[pair.inliers])
+        yield ColmapPair(id1, id2, matches, int(_CONFIG_OF_MODEL[pair.model]), F, H, inliers)
+
+
 def write_database(
     db_path: Path,
     images: Iterable[DatabaseImage],
@@ -108,67 +198,45 @@ def write_database(
     try:
         with pycolmap.Database.open(tmp_path) as db:
             with pycolmap.DatabaseTransaction(db):
-                shared: tuple[int, int] | None = None
-                first_size: tuple[int, int] | None = None
-                for image in images:
-                    size = (image.features.width, image.features.height)
-                    first_size = first_size or size
-                    if config.single_camera and size != first_size:
-                        raise ConfigError(
-                            f"{image.path}: --single-camera needs images of one size, "
-                            f"got {size[0]}x{size[1]} and {first_size[0]}x{first_size[1]}"
-                        )
-                    if shared is None or not config.single_camera:
-                        camera_id = db.write_camera(_camera(image, config))
+                camera_id = rig_id = 0
+                for image, camera in images_with_cameras(images, config):
+                    if camera is not None:
+                        camera_id = db.write_camera(camera)
                         rig = pycolmap.Rig()
                         rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
-                        shared = (camera_id, db.write_rig(rig))
+                        rig_id = db.write_rig(rig)
                         counts["cameras"] += 1
-                    camera_id, rig_id = shared
                     image_id = db.write_image(pycolmap.Image(name=image.name, camera_id=camera_id))
                     frame = pycolmap.Frame()
                     frame.rig_id = rig_id
                     frame.add_data_id(db.read_image(image_id).data_id)
                     db.write_frame(frame)
                     ids[image.name] = image_id
-
-                    f = image.features
-                    keypoints = np.empty((len(f), 4), np.float32)
-                    keypoints[:, :2] = f.keypoints + COLMAP_PIXEL_OFFSET
-                    keypoints[:, 2] = f.scales
-                    keypoints[:, 3] = -f.orientations
-                    db.write_keypoints(image_id, keypoints)
-                    sift_u8 = np.clip(np.round(f.descriptors * 512.0), 0, 255).astype(np.uint8)
+                    db.write_keypoints(image_id, colmap_keypoints(image.features))
                     db.write_descriptors(
-                        image_id, pycolmap.FeatureDescriptors(type=pycolmap.FeatureExtractorType.SIFT, data=sift_u8)
+                        image_id,
+                        pycolmap.FeatureDescriptors(
+                            type=pycolmap.FeatureExtractorType.SIFT, data=colmap_descriptors(image.features)
+                        ),
                     )
                     counts["images"] += 1
-                    counts["keypoints"] += len(f)
+                    counts["keypoints"] += len(image.features)
 
-                for name1, name2, pair in pairs:
-                    if len(pair.matches) == 0:
-                        continue
-                    id1, id2 = ids[name1], ids[name2]
-                    matches = pair.matches.astype(np.uint32)
-                    if id1 > id2:
-                        id1, id2, matches = id2, id1, matches[:, ::-1]
-                    db.write_matches(id1, id2, np.ascontiguousarray(matches))
+                for pair in colmap_pairs(pairs, ids):
+                    db.write_matches(pair.id1, pair.id2, pair.matches)
                     counts["matched_pairs"] += 1
-                    if pair.model == "none":
+                    if pair.config is None:
                         continue
-                    swapped = ids[name1] > ids[name2]
                     tvg = pycolmap.TwoViewGeometry()
-                    tvg.config = int(_CONFIG_OF_MODEL[pair.model])
+                    tvg.config = pair.config
                     if pair.F is not None:
-                        F = to_colmap_geometry("fundamental", pair.F)
-                        tvg.F = F.T if swapped else F
+                        tvg.F = pair.F
                     if pair.H is not None:
-                        H = to_colmap_geometry("homography", pair.H)
-                        tvg.H = np.linalg.inv(H) if swapped else H
-                    tvg.inlier_matches = np.ascontiguousarray(matches[pair.inliers])
-                    db.write_two_view_geometry(id1, id2, tvg)
+                        tvg.H = pair.H
+                    tvg.inlier_matches = pair.inlier_matches
+                    db.write_two_view_geometry(pair.id1, pair.id2, tvg)
                     counts["verified_pairs"] += 1
-                    counts["inlier_matches"] += int(pair.inliers.sum())
+                    counts["inlier_matches"] += len(pair.inlier_matches)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -300,3 +368,123 @@ def read_keypoints_and_matches(db_path: Path, name1: str, name2: str) -> Databas
 
 
 __all__ += ["DatabasePair", "read_image_names", "read_pairs", "read_keypoints_and_matches"]
+
+
+# --- Reading a whole database back (``matcher convert-db``) -----------------------------------------------
+
+
+@dataclass
+class DatabaseGeometry:
+    """A verified pair as stored: ``id1 < id2``; F/E/H (3, 3) or None; ``qvec`` (w, x, y, z) and ``tvec`` (3,)
+    of the relative pose cam2_from_cam1, or None; ``inlier_matches`` (K, 2) uint32, column 0 indexing id1."""
+
+    id1: int
+    id2: int
+    config: int
+    inlier_matches: np.ndarray
+    F: np.ndarray | None
+    E: np.ndarray | None
+    H: np.ndarray | None
+    qvec: np.ndarray | None
+    tvec: np.ndarray | None
+
+
+def _check_sqlite_file(db_path: Path) -> None:
+    """One-line errors for a missing file or a file that is not SQLite, without opening it (pycolmap would
+    migrate it)."""
+    from matcher.errors import IncompatibleDatabaseError
+
+    if not db_path.is_file():
+        raise IncompatibleDatabaseError(f"{db_path}: database not found")
+    with open(db_path, "rb") as f:
+        if f.read(16) != b"SQLite format 3\x00":
+            raise IncompatibleDatabaseError(f"{db_path}: not a COLMAP database (not an SQLite file)")
+
+
+def read_database_records(db_path: Path) -> Iterator[tuple]:
+    """Every record of a COLMAP database of any schema pycolmap opens, for copying it into another layout.
+
+    Yields, in this order: ``("camera", camera_id, model_id, width, height, params, has_prior_focal_length)``;
+    ``("image", image_id, name, camera_id)``; ``("keypoints", image_id, (N, C) float32)``;
+    ``("descriptors", image_id, (N, D) array, type_name)``; ``("matches", id1, id2, (M, 2) uint32)`` with
+    ``id1 < id2``; ``("geometry", DatabaseGeometry)``.
+
+    pycolmap migrates an older database when it opens it (rewriting the file), so a temporary copy is opened
+    and ``db_path`` is left as it is.
+    """
+    import shutil
+    import tempfile
+
+    db_path = Path(db_path)
+    _check_sqlite_file(db_path)
+    with tempfile.TemporaryDirectory(prefix="matcher-read-") as tmp:
+        copy = Path(tmp) / db_path.name
+        shutil.copyfile(db_path, copy)
+        with pycolmap.Database.open(copy) as db:
+            for camera in sorted(db.read_all_cameras(), key=lambda c: c.camera_id):
+                yield ("camera", int(camera.camera_id), int(camera.model), int(camera.width), int(camera.height),
+                       np.asarray(camera.params, np.float64), bool(camera.has_prior_focal_length))
+            images = sorted(db.read_all_images(), key=lambda i: i.image_id)
+            for image in images:
+                yield ("image", int(image.image_id), image.name, int(image.camera_id))
+            for image in images:
+                if db.exists_keypoints(image.image_id):
+                    yield ("keypoints", int(image.image_id), np.asarray(db.read_keypoints(image.image_id), np.float32))
+                if db.exists_descriptors(image.image_id):
+                    descriptors = db.read_descriptors(image.image_id)
+                    yield ("descriptors", int(image.image_id), np.asarray(descriptors.data), descriptors.type.name)
+            pair_ids, all_matches = db.read_all_matches()
+            for pair_id, matches in sorted(zip(pair_ids, all_matches), key=lambda item: item[0]):
+                id1, id2 = pycolmap.pair_id_to_image_pair(pair_id)
+                yield ("matches", int(id1), int(id2), np.asarray(matches, np.uint32).reshape(-1, 2))
+            pair_ids, geometries = db.read_two_view_geometries()
+            for pair_id, tvg in sorted(zip(pair_ids, geometries), key=lambda item: item[0]):
+                id1, id2 = pycolmap.pair_id_to_image_pair(pair_id)
+                pose = tvg.cam2_from_cam1
+                qvec = tvec = None
+                if pose is not None:
+                    x, y, z, w = pose.rotation.quat  # Eigen order
+                    qvec, tvec = np.array([w, x, y, z]), np.asarray(pose.translation, np.float64)
+                yield ("geometry", DatabaseGeometry(
+                    int(id1), int(id2), int(tvg.config), np.asarray(tvg.inlier_matches, np.uint32).reshape(-1, 2),
+                    None if tvg.F is None else np.asarray(tvg.F, np.float64),
+                    None if tvg.E is None else np.asarray(tvg.E, np.float64),
+                    None if tvg.H is None else np.asarray(tvg.H, np.float64),
+                    qvec, tvec,
+                ))
+
+
+def upgrade_database(in_path: Path, out_path: Path) -> None:
+    """Copy a database of any schema pycolmap opens to ``out_path`` in pycolmap's own schema (COLMAP >= 3.12).
+
+    pycolmap adds the new tables when it opens the copy; a database without frames (COLMAP 3.x) then gets what
+    ``match`` writes: a trivial rig per camera and a frame per image. Written under a temporary name and
+    renamed; ``in_path`` is left as it is.
+    """
+    import shutil
+
+    _check_sqlite_file(Path(in_path))
+    out_path = Path(out_path)
+    tmp_path = out_path.with_name(out_path.name + ".partial")
+    shutil.copyfile(in_path, tmp_path)
+    try:
+        with pycolmap.Database.open(tmp_path) as db:
+            if db.num_frames() == 0 and db.num_images() > 0:
+                with pycolmap.DatabaseTransaction(db):
+                    rig_of_camera = {}
+                    for camera in db.read_all_cameras():
+                        rig = pycolmap.Rig()
+                        rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera.camera_id))
+                        rig_of_camera[camera.camera_id] = db.write_rig(rig)
+                    for image in sorted(db.read_all_images(), key=lambda i: i.image_id):
+                        frame = pycolmap.Frame()
+                        frame.rig_id = rig_of_camera[image.camera_id]
+                        frame.add_data_id(image.data_id)
+                        db.write_frame(frame)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_path, out_path)
+
+
+__all__ += ["DatabaseGeometry", "read_database_records", "upgrade_database"]

@@ -135,10 +135,16 @@ class VerificationConfig:
 
 @dataclass
 class ExportConfig:
-    """COLMAP database export: camera model, and whether all images share one camera."""
+    """COLMAP database export: camera model, and whether all images share one camera.
+
+    ``colmap_version``: the COLMAP that will read the database, e.g. ``"3.8"``: before 3.12 the database is
+    written in COLMAP 3.8's schema (matcher.colmap_legacy_db), which COLMAP 3.x reads; empty: the schema of the
+    installed pycolmap (COLMAP >= 3.12).
+    """
 
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool = False
+    colmap_version: str = ""
 
 
 @dataclass

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from matcher.colmap_db import DatabaseImage, write_database
+from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legacy_database
 from matcher.config import PipelineConfig, config_to_toml
 from matcher.descriptors import build_descriptor, resolve_weights
 from matcher.detect import detect_keypoints
@@ -77,6 +78,7 @@ class RunReport:
     pairs_without_matches: int = 0
     pairs_verified: int = 0
     database: dict[str, int] = field(default_factory=dict)
+    database_schema: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     reconstruction: ReconstructionSummary | None = None
 
@@ -93,6 +95,7 @@ class RunReport:
             lines.append(
                 f"database: {paths.database} ({d['images']} images, {d['cameras']} cameras, {d['keypoints']} keypoints, "
                 f"{d['verified_pairs']} verified pairs, {d['inlier_matches']} inlier matches)"
+                + (f", {self.database_schema}" if self.database_schema else "")
             )
         if self.reconstruction is not None:
             lines.append(f"reconstruction: {self.reconstruction.format()}")
@@ -328,7 +331,8 @@ def run_match(
         raise DatabaseExistsError(f"{paths.database}: database exists; pass --overwrite to replace it")
     if paths.database.is_dir():
         raise DatabaseExistsError(f"{paths.database}: is a folder, not a database file")
-    # Validate the descriptor (weights present) before touching any file.
+    # Validate the descriptor (weights present) and the COLMAP version before touching any file.
+    report.database_schema = schema_name(config.export.colmap_version)
     feature_fp = _fingerprint(config, FEATURE_SECTIONS)
     match_fp = _fingerprint(config, MATCH_SECTIONS)
     paths.database.parent.mkdir(parents=True, exist_ok=True)
@@ -358,7 +362,8 @@ def run_match(
             match_all(pairs, features, matches, config, report, progress)
             t2 = time.perf_counter()
             report.timings["match"] = t2 - t1
-            report.database = write_database(
+            legacy = is_legacy_version(config.export.colmap_version)
+            report.database = (write_legacy_database if legacy else write_database)(
                 paths.database,
                 _database_images(image_dir, used, features),
                 _database_pairs(pairs, matches, report),

@@ -147,3 +147,30 @@ def test_hloc_files_as_hloc_writes_them(tmp_path: Path) -> None:
     np.testing.assert_allclose(scores, [0.8, 0.7, 0.9], atol=1e-3)
     with pytest.raises(PairsFileError, match="no matches for the pair"):
         read_hloc_matches(path, "dir/a.jpg", "c.jpg")
+
+
+def test_hlocs_reconstruction_steps_run_on_the_export(run, tmp_path: Path) -> None:
+    """hloc's ``reconstruction.main`` replayed with pycolmap (hloc is not on PyPI): ``import_images``, its
+    ``import_features`` (keypoints + 0.5), ``import_matches`` (``get_matches``: indices where matches0 != -1),
+    ``pycolmap.verify_matches`` on the pairs file, incremental mapping: every image registers."""
+    images, _, out = run
+    database = tmp_path / "database.db"
+    names = [line.split() for line in (out / "pairs.txt").read_text().splitlines()]
+    pycolmap.Database.open(database).close()  # hloc's create_empty_db
+    pycolmap.import_images(database, images, pycolmap.CameraMode.AUTO, sorted({n for p in names for n in p}))
+    with pycolmap.Database.open(database) as db, h5py.File(out / "features.h5", "r") as f, \
+            h5py.File(out / "matches.h5", "r") as m:
+        ids = {image.name: image.image_id for image in db.read_all_images()}
+        for name, image_id in ids.items():
+            db.write_keypoints(image_id, f[name]["keypoints"][()] + 0.5)  # hloc: "COLMAP origin"
+        for name0, name1 in names:
+            matches0 = m[names_to_pair(name0, name1)]["matches0"][()]
+            idx = np.where(matches0 != -1)[0]
+            db.write_matches(ids[name0], ids[name1], np.stack([idx, matches0[idx]], -1).astype(np.uint32))
+    pycolmap.verify_matches(database, out / "pairs.txt")
+    with pycolmap.Database.open(database) as db:
+        assert db.num_verified_image_pairs() == 3
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = 2
+    reconstructions = pycolmap.incremental_mapping(database, images, tmp_path / "sfm", options)
+    assert max(r.num_reg_images() for r in reconstructions.values()) == 3

@@ -49,7 +49,7 @@ def main() -> None:
                 gt = SCENES / scene / "gt_dense_cameras"
                 errors = "- | -"
                 if gt.is_dir() and r is not None and r.registered_images >= 3:
-                    e = compare_to_strecha(pycolmap.Reconstruction(Path(tmp) / "sparse"), gt, robust=True)
+                    e = compare_to_strecha(pycolmap.Reconstruction(Path(tmp) / "sparse" / "0"), gt, robust=True)
                     errors = f"{e['rotation_error_deg_median']:.3f} | {e['position_error_median']:.4f}"
             d = report.database
             print(f"| {scene} | {name} | {d['verified_pairs']} | {d['inlier_matches']} | "

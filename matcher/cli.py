@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +30,28 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.ERROR if quiet else logging.WARNING)
     logger.propagate = False
+    from matcher.progress import set_quiet
+
+    set_quiet(quiet)  # bars are drawn only on a terminal anyway; -q turns them off there too
+
+
+def _write_json(path: Path | None, command: str, exit_code: int, data: dict[str, Any]) -> None:
+    """``--json FILE``: the end-of-run summary, machine-readable."""
+    if path is None:
+        return
+    import json
+
+    import matcher
+
+    payload = {"command": command, "version": matcher.__version__, "exit_code": exit_code, **data}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _nothing_registered(summary: Any) -> None:
+    """Exit code 1, with the reason, when SfM registered no image."""
+    click.echo(f"error: the reconstruction registered no image: {summary.failure}", err=True)
+    sys.exit(1)
 
 
 def _fail(exc: MatcherError) -> None:
@@ -50,6 +73,8 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
         "single_camera": ("export", "single_camera"),
         "seed": ("mapping", "seed"),
         "mapper": ("mapping", "mapper"),
+        "camera_params": ("export", "camera_params"),
+        "mask_dir": ("images", "mask_dir"),
     }
     out: list[dict[str, dict[str, Any]]] = []
     for flag, (section, key) in mapping.items():
@@ -58,6 +83,8 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
             out.append({section: {key: value}})
     if flags.get("model"):
         out.append({"descriptor": {"name": "sdgmnet", "weights": str(flags["model"])}})
+    if flags.get("fix_intrinsics"):
+        out.append({"mapping": {"refine_intrinsics": False}})
     if flags.get("overlap") is not None:
         out.append({"pairs": {"strategy": "sequential", "overlap": flags["overlap"]}})
     if flags.get("pairs"):
@@ -97,6 +124,13 @@ Presets: {', '.join(available_presets())} (or a TOML file).
               help="COLMAP that will read the database, e.g. 3.8 (before 3.12: COLMAP 3.8's schema; "
                    "default: the installed pycolmap's).")
 @click.option("--single-camera", is_flag=True, default=False, help="All images share one camera.")
+@click.option("--camera-params", default=None, metavar="PARAMS",
+              help="Known intrinsics for every camera, COLMAP's ImageReader string for the camera model "
+                   "(SIMPLE_RADIAL: \"f,cx,cy,k\"; PINHOLE: \"fx,fy,cx,cy\"), full-resolution pixels.")
+@click.option("--fix-intrinsics", is_flag=True, default=False,
+              help="Keep the cameras' intrinsics fixed during mapping (with --camera-params).")
+@click.option("--mask-dir", type=click.Path(path_type=Path), default=None,
+              help="Masks as COLMAP reads them: MASKDIR/NAME.png for image NAME; no keypoints where 0.")
 @click.option("--seed", type=int, default=None, help="Random seed (mapping).")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default=None,
               help="SfM for --reconstruct: incremental (default) or global (GLOMAP; for forward-moving captures).")
@@ -104,21 +138,35 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--overwrite", is_flag=True, default=False,
               help="Replace an existing database (and caches computed with other settings).")
 @click.option("-v", "--verbose", is_flag=True, default=False, help="Log every image and pair.")
+@click.option("--undistort", "undistort_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --reconstruct: undistorted images and PINHOLE model in DIR (images/, sparse/, stereo/).")
+@click.option("--text", is_flag=True, default=False, help="Also write the models as COLMAP text files.")
+@click.option("--threads", type=int, default=None,
+              help="Threads to use (default: the CPUs this process may run on, capped by OMP_NUM_THREADS).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the end-of-run summary to this JSON file.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars, errors only.")
+@click.version_option(package_name="matcher")
 def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipeline: str, sets: tuple[str, ...],
-                  overwrite: bool, verbose: bool, quiet: bool, **flags: Any) -> None:
-    from matcher.pipeline import OutputPaths, run_match
+                  overwrite: bool, verbose: bool, quiet: bool, undistort_dir: Path | None, text: bool,
+                  threads: int | None, json_path: Path | None, **flags: Any) -> None:
+    from matcher.api import match
+    from matcher.pipeline import OutputPaths
 
     _setup_logging(verbose, quiet)
     try:
         overrides = _overrides(**flags) + [parse_override(s) for s in sets]
         config = load_config(pipeline, overrides)
-        report = run_match(images, out, config, overwrite=overwrite, reconstruct_dir=reconstruct_dir,
-                           progress=not quiet)
+        report = match(images, out, config, reconstruct=reconstruct_dir, undistort=undistort_dir, text=text,
+                       overwrite=overwrite, threads=threads, progress=not quiet)
     except MatcherError as exc:
         _fail(exc)
+    failed = report.reconstruction is not None and report.reconstruction.registered_images == 0
+    _write_json(json_path, "match", 1 if failed else 0, report.to_dict(OutputPaths(out)))
     if not quiet:
         click.echo(report.format(OutputPaths(out)))
+    if failed:
+        _nothing_registered(report.reconstruction)
 
 
 @click.command("reconstruct")
@@ -126,22 +174,54 @@ def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipelin
 @click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True, help="COLMAP random seed.")
-@click.option("--num-threads", type=int, default=-1, show_default=True, help="Threads (-1: all cores).")
+@click.option("--threads", "--num-threads", "threads", type=int, default=None,
+              help="Threads (default: the CPUs this process may run on, capped by OMP_NUM_THREADS).")
 @click.option("--min-model-size", type=int, default=3, show_default=True, help="Smallest model kept.")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
               help="pycolmap incremental mapping or global mapping (GLOMAP).")
-def reconstruct_command(database: Path, images: Path, out: Path, seed: int, num_threads: int,
-                        min_model_size: int, mapper: str) -> None:
-    """SfM (pycolmap) on DATABASE; the largest model is written to OUT."""
-    from matcher.config import MappingConfig
-    from matcher.reconstruct import reconstruct
+@click.option("--fix-intrinsics", is_flag=True, default=False,
+              help="Keep the database's camera intrinsics fixed (known calibration).")
+@click.option("--undistort", "undistort_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write undistorted images and a PINHOLE model of OUT/0 to DIR (images/, sparse/, stereo/).")
+@click.option("--text", is_flag=True, default=False, help="Also write the models as COLMAP text files.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the summary to this JSON file.")
+@click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bar, errors only.")
+def reconstruct_command(database: Path, images: Path, out: Path, seed: int, threads: int | None,
+                        min_model_size: int, mapper: str, fix_intrinsics: bool, undistort_dir: Path | None,
+                        text: bool, json_path: Path | None, quiet: bool) -> None:
+    """SfM (pycolmap) on DATABASE; the models are written to OUT/0 (the largest), OUT/1... as COLMAP's mapper
+    writes them."""
+    import dataclasses
 
-    config = MappingConfig(mapper=mapper, num_threads=num_threads, seed=seed, min_model_size=min_model_size)
-    with tqdm(desc="map", unit="img") as bar:
-        _, summary = reconstruct(database, images, out, config, on_image=lambda: bar.update(1))
-    click.echo(f"reconstruction: {summary.format()}")
-    if summary.registered_images == 0:
-        sys.exit(1)
+    from matcher.api import reconstruct, undistort
+    from matcher.config import MappingConfig
+    from matcher.mapping import model_path
+    from matcher.progress import progress_bar
+
+    _setup_logging(False, quiet)
+    config = MappingConfig(mapper=mapper, seed=seed, min_model_size=min_model_size,
+                           refine_intrinsics=not fix_intrinsics)
+    try:
+        with progress_bar(desc="map", unit="img", leave=False) as bar:
+            summary = reconstruct(database, images, out, config, text=text, threads=threads,
+                                  on_image=lambda: bar.update(1))
+        undistorted = None
+        if undistort_dir is not None and summary.registered_images > 0:
+            undistorted = undistort(model_path(out), images, undistort_dir, text=text, threads=threads)
+    except MatcherError as exc:
+        _fail(exc)
+    failed = summary.registered_images == 0
+    _write_json(json_path, "reconstruct", 1 if failed else 0, {
+        "reconstruction": dataclasses.asdict(summary),
+        "undistorted": None if undistorted is None else dataclasses.asdict(undistorted),
+    })
+    if not quiet and not failed:
+        click.echo(f"reconstruction: {summary.format()}")
+        if undistorted is not None:
+            click.echo(f"undistorted: {undistorted.format()}")
+    if failed:
+        _nothing_registered(summary)
 
 
 @click.command("demo")
@@ -149,7 +229,8 @@ def reconstruct_command(database: Path, images: Path, out: Path, seed: int, num_
 @click.option("--num-images", type=int, default=10, show_default=True, help="Views to render.")
 @click.option("--pipeline", default="default", show_default=True, help="Preset name or TOML file.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace an earlier demo in OUT.")
-def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars or run summary: the pose error only.")
+def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool, quiet: bool) -> None:
     """Render a scene with known cameras from scikit-image's photos, match it, reconstruct it, and report
     the pose error against the ground truth (no download)."""
     import numpy as np
@@ -158,18 +239,25 @@ def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool) -> 
     from matcher.evaluation.sfm import absolute_pose_errors, reconstruction_poses
     from matcher.pipeline import OutputPaths, run_match
 
-    _setup_logging(False, False)
+    _setup_logging(False, quiet)
     try:
         scene = render_demo_scene(out / "scene", num_images=num_images)
-        click.echo(f"rendered {len(scene.names)} views of {scene.width}x{scene.height} into {scene.image_dir}")
+        if not quiet:
+            click.echo(f"rendered {len(scene.names)} views of {scene.width}x{scene.height} into {scene.image_dir}")
         config = load_config(pipeline)
-        report = run_match(scene.image_dir, out / "db.db", config, overwrite=overwrite, reconstruct_dir=out / "sparse")
+        report = run_match(scene.image_dir, out / "db.db", config, overwrite=overwrite, reconstruct_dir=out / "sparse",
+                           progress=not quiet)
     except MatcherError as exc:
         _fail(exc)
-    click.echo(report.format(OutputPaths(out / "db.db")))
+    if not quiet:
+        click.echo(report.format(OutputPaths(out / "db.db")))
+    if report.reconstruction.registered_images == 0:
+        _nothing_registered(report.reconstruction)
     import pycolmap
 
-    poses = reconstruction_poses(pycolmap.Reconstruction(out / "sparse"))
+    from matcher.mapping import model_path
+
+    poses = reconstruction_poses(pycolmap.Reconstruction(model_path(out / "sparse")))
     index = [i for i, name in enumerate(scene.names) if name in poses]
     if len(index) < 3:
         click.echo("pose error: fewer than 3 images registered", err=True)
@@ -206,3 +294,37 @@ from matcher.interop_commands import convert_db_command, export_group, import_hl
 main.add_command(convert_db_command)
 main.add_command(export_group)
 main.add_command(import_hloc_command)
+
+
+def _give_quiet(command: click.Command) -> None:
+    """Give a command without ``-q`` one: matcher's log at errors only and no progress bars while it runs."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _give_quiet(sub)
+        return
+    if any("-q" in param.opts for param in command.params) or command.callback is None:
+        return
+    callback = command.callback
+
+    @functools.wraps(callback)
+    def quiet_callback(*args: Any, quiet: bool = False, **kwargs: Any) -> Any:
+        from matcher.progress import set_quiet
+
+        logger = logging.getLogger("matcher")
+        level = logger.level
+        if quiet:
+            logger.setLevel(logging.ERROR)
+        set_quiet(quiet)
+        try:
+            return callback(*args, **kwargs)
+        finally:
+            set_quiet(False)
+            logger.setLevel(level)
+
+    command.params.append(click.Option(["-q", "--quiet"], is_flag=True, default=False,
+                                       help="No progress bars, errors only."))
+    command.callback = quiet_callback
+
+
+for _command in list(main.commands.values()):  # -q on every subcommand
+    _give_quiet(_command)

@@ -39,6 +39,7 @@ __all__ = [
     "ColmapPair",
     "write_database",
     "to_colmap_geometry",
+    "camera_params",
     "colmap_keypoints",
     "colmap_descriptors",
     "images_with_cameras",
@@ -89,7 +90,30 @@ def _camera(image: DatabaseImage, config: ExportConfig) -> pycolmap.Camera:
         prior = camera.has_prior_focal_length
         camera = pycolmap.Camera.create_from_model_name(0, config.camera_model, focal, w, h)
         camera.has_prior_focal_length = prior
+    if config.camera_params:  # known intrinsics, as COLMAP's ImageReader applies --ImageReader.camera_params
+        camera.params = camera_params(config.camera_model, config.camera_params)
+        camera.has_prior_focal_length = True
     return camera
+
+
+def camera_params(model: str, text: str) -> list[float]:
+    """Parse COLMAP's ImageReader ``camera_params`` string for ``model`` (e.g. SIMPLE_RADIAL ``"f,cx,cy,k"``).
+
+    Raises ConfigError naming the model's parameters when the count or a number is wrong.
+    """
+    try:
+        camera = pycolmap.Camera.create_from_model_name(0, model, 1.0, 1, 1)
+    except Exception as exc:  # unknown model name
+        raise ConfigError(f"unknown camera model '{model}' ({exc})") from None
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        values = []
+    if len(values) != len(camera.params) or not all(np.isfinite(values)):
+        raise ConfigError(
+            f"--camera-params '{text}': a {model} camera takes {len(camera.params)} numbers: {camera.params_info}"
+        )
+    return values
 
 
 def colmap_keypoints(features: ImageFeatures) -> np.ndarray:

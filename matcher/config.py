@@ -74,14 +74,20 @@ class DescriptorConfig:
     """Descriptor: ``rootsift`` or ``sdgmnet``.
 
     ``weights``: for sdgmnet, a weights file, or a name of a model shipped in ``models/`` (default ``sdgmnet``).
-    ``batch_size``: patches per network call (256: the fastest here, in cache). ``bf16``: run the network in bfloat16
-    (weights and activations).
+    ``batch_size``: patches per network call (256: the fastest here, in cache). ``precision``: ``auto`` (bfloat16
+    where the processor has native bfloat16, else float32), ``fp32`` or ``bf16``; ``bf16 = true`` is the older
+    spelling of ``precision = "bf16"``. ``engine``: ``auto`` (OpenVINO when installed, ``matcher[fast]``, else
+    torch), ``torch`` or ``openvino``; ``device``: ``auto`` (CUDA or MPS where torch has them), ``cpu``, ``cuda``,
+    ``mps``. See matcher.descriptors.engines.
     """
 
     name: str = "sdgmnet"
     weights: str = "sdgmnet"
     batch_size: int = 256
     bf16: bool = False
+    precision: str = "auto"
+    engine: str = "auto"
+    device: str = "auto"
 
 
 @dataclass

@@ -79,12 +79,16 @@ def _empty() -> Keypoints:
     return Keypoints(np.zeros((0, 2), np.float32), z, z.copy(), z.copy(), np.zeros((0,), np.int32))
 
 
-def detect_keypoints(gray: np.ndarray, config: DetectionConfig | None = None) -> Keypoints:
+def detect_keypoints(
+    gray: np.ndarray, config: DetectionConfig | None = None, mask: np.ndarray | None = None
+) -> Keypoints:
     """Detect DoG keypoints with scale and orientation, at most one per location.
 
     Args:
         gray: image (H, W) uint8.
         config: detector settings; defaults to :class:`DetectionConfig`.
+        mask: (H, W) uint8 or None; keypoints whose rounded location is 0 there are dropped before the
+            ``max_keypoints`` selection (OpenCV's detector mask), so the budget goes to the unmasked area.
 
     Returns:
         :class:`Keypoints` sorted by decreasing response, at most ``config.max_keypoints`` of them.
@@ -101,7 +105,7 @@ def detect_keypoints(gray: np.ndarray, config: DetectionConfig | None = None) ->
         sigma=config.sigma,
         enable_precise_upscale=True,
     )
-    cv_kps = sift.detect(gray, None)
+    cv_kps = sift.detect(gray, mask)
     if not cv_kps:
         return _empty()
     xy = np.array([k.pt for k in cv_kps], np.float32).reshape(-1, 2)

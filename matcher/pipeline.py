@@ -31,7 +31,7 @@ from tqdm import tqdm
 from matcher.colmap_db import DatabaseImage, write_database
 from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legacy_database
 from matcher.config import PipelineConfig, config_to_toml
-from matcher.descriptors import build_descriptor, resolve_weights
+from matcher.descriptors import build_descriptor, descriptor_settings, resolve_weights
 from matcher.detect import detect_keypoints
 from matcher.errors import DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
 from matcher.images import list_images, list_other_files, read_image, resize_for_detection
@@ -111,6 +111,7 @@ def _fingerprint(config: PipelineConfig, sections: tuple[str, ...]) -> str:
     if config.descriptor.name == "sdgmnet":
         path = resolve_weights(config.descriptor.weights)
         data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        data.get("descriptor", {}).update(descriptor_settings(config.descriptor), bf16=None)  # auto -> resolved
     # Settings that do not change results are left out; ``auto`` precision is recorded as what it resolves to.
     data.get("descriptor", {}).pop("batch_size", None)
     if "matching" in data:

@@ -81,5 +81,5 @@ def test_global_mapper(small_scene: Path, tmp_path: Path) -> None:
     args = [str(small_scene), "--out", str(db), "--reconstruct", str(sparse), "--mapper", "global", *FAST]
     result = CliRunner().invoke(match_command, args)
     assert result.exit_code == 0, result.output
-    rec = pycolmap.Reconstruction(sparse)
+    rec = pycolmap.Reconstruction(sparse / "0")  # COLMAP's mapper layout: the largest model in 0/
     assert rec.num_reg_images() == 4 and rec.compute_mean_reprojection_error() < 1.0

@@ -43,7 +43,7 @@ def test_entry_p10_registers_every_image_and_matches_ground_truth(tmp_path: Path
     summary = report.reconstruction
     assert summary.registered_images == summary.total_images == 10
     assert summary.mean_reprojection_error < 1.0
-    rec = pycolmap.Reconstruction(tmp_path / "sparse")
+    rec = pycolmap.Reconstruction(tmp_path / "sparse" / "0")
     errors = compare_to_strecha(rec, images.parent / "gt_dense_cameras", robust=True)
     assert errors["num_matched"] == 10
     assert errors["rotation_error_deg_median"] < 0.5, errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from matcher.config import DescriptorConfig, PatchConfig
 from matcher.descriptors.base import Descriptor
+from matcher.descriptors.engines import build_engine, resolve_engine, resolve_precision
 from matcher.descriptors.learned import SDGMNetDescriptor, describe_patches
 from matcher.descriptors.rootsift import RootSIFT
 from matcher.descriptors.sdgmnet import SDGMNet
@@ -17,6 +18,8 @@ __all__ = [
     "SDGMNet",
     "SDGMNetDescriptor",
     "build_descriptor",
+    "build_engine",
+    "descriptor_settings",
     "describe_patches",
     "load_sdgmnet",
     "resolve_weights",
@@ -33,5 +36,17 @@ def build_descriptor(config: DescriptorConfig, patches: PatchConfig | None = Non
         return RootSIFT()
     if config.name == "sdgmnet":
         magnification = patches.magnification if patches is not None else None
-        return SDGMNetDescriptor(config.weights, magnification, config.batch_size, config.bf16)
+        return SDGMNetDescriptor(config.weights, magnification, config.batch_size, _precision(config),
+                                 config.engine, config.device)
     raise ConfigError(f"unknown descriptor '{config.name}'; known: {', '.join(DESCRIPTORS)}")
+
+
+def _precision(config: DescriptorConfig) -> str:
+    return "bf16" if config.bf16 else config.precision  # ``bf16 = true``: the older spelling of precision = "bf16"
+
+
+def descriptor_settings(config: DescriptorConfig) -> dict[str, str]:
+    """What ``auto`` resolves to on this machine (for cache fingerprints): precision and engine of sdgmnet."""
+    if config.name != "sdgmnet":
+        return {}
+    return {"precision": resolve_precision(_precision(config)), "engine": resolve_engine(config.engine, config.device)}

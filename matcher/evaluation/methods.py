@@ -2,7 +2,7 @@
 
 Every method turns a folder of images into the same things: full-resolution keypoints per image (OpenCV pixel
 convention), raw matches and verified inliers per requested pair, a COLMAP database and, if asked, a
-reconstruction made by the same call to :func:`matcher.reconstruct.reconstruct` (pycolmap incremental mapping
+reconstruction made by the same call to :func:`matcher.mapping.reconstruct` (pycolmap incremental mapping
 with the same :class:`matcher.config.MappingConfig`). The metrics in :mod:`matcher.evaluation.run` then treat
 all methods alike.
 
@@ -35,7 +35,7 @@ import numpy as np
 from matcher.config import PipelineConfig, load_config
 from matcher.errors import ImageReadError
 from matcher.images import list_images, read_image, resize_for_detection
-from matcher.reconstruct import ReconstructionSummary
+from matcher.mapping import ReconstructionSummary, model_path
 
 __all__ = [
     "EvalSettings",
@@ -196,7 +196,8 @@ class OursMethod(Method):
         timings = {"features+matching": sum(v for k, v in report.timings.items() if k != "map")}
         if "map" in report.timings:
             timings["mapping"] = report.timings["map"]
-        return MethodRun(self.name, db_path, keypoints, results, rec_dir, report.reconstruction, timings)
+        model_dir = model_path(rec_dir) if rec_dir is not None else None
+        return MethodRun(self.name, db_path, keypoints, results, model_dir, report.reconstruction, timings)
 
 
 def _opencv_sift_features(image_dir: Path, names: list[str], settings: EvalSettings):
@@ -244,7 +245,7 @@ class OpenCVSiftMethod(Method):
         from matcher.colmap_db import DatabaseImage, write_database
         from matcher.matching import mutual_nearest_neighbours
         from matcher.pipeline import _threshold_px  # the pipeline's own pixel threshold for a pair
-        from matcher.reconstruct import reconstruct as run_mapping
+        from matcher.mapping import reconstruct as run_mapping
         from matcher.storage import PairMatches
         from matcher.verify import verify_pair
 
@@ -277,8 +278,8 @@ class OpenCVSiftMethod(Method):
         )
         if reconstruct:
             t1 = time.perf_counter()
-            run.reconstruction_dir = work_dir / "sparse"
-            _, run.reconstruction = run_mapping(db_path, image_dir, run.reconstruction_dir, config.mapping)
+            _, run.reconstruction = run_mapping(db_path, image_dir, work_dir / "sparse", config.mapping)
+            run.reconstruction_dir = model_path(work_dir / "sparse")
             timings["mapping"] = time.perf_counter() - t1
         return run
 
@@ -316,7 +317,7 @@ class PycolmapSiftMethod(Method):
         import pycolmap
 
         from matcher.colmap_db import read_pairs
-        from matcher.reconstruct import reconstruct as run_mapping
+        from matcher.mapping import reconstruct as run_mapping
 
         work_dir = _fresh(Path(work_dir))
         image_dir = Path(image_dir)
@@ -349,8 +350,8 @@ class PycolmapSiftMethod(Method):
         if reconstruct:
             t1 = time.perf_counter()
             config = self.settings.pipeline_config()
-            run.reconstruction_dir = work_dir / "sparse"
-            _, run.reconstruction = run_mapping(db_path, image_dir, run.reconstruction_dir, config.mapping)
+            _, run.reconstruction = run_mapping(db_path, image_dir, work_dir / "sparse", config.mapping)
+            run.reconstruction_dir = model_path(work_dir / "sparse")
             timings["mapping"] = time.perf_counter() - t1
         return run
 

@@ -67,13 +67,16 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
 
 
 def reconstruct_scene(image_dir: Path, work_dir: Path, config: PipelineConfig, progress: bool = True) -> Path:
-    """``match`` + reconstruction of a folder into ``work_dir`` (reusing a finished one). Returns the model dir."""
+    """``match`` + reconstruction of a folder into ``work_dir`` (reusing a finished one). Returns the model dir
+    (``work_dir/sparse/0``, the largest model)."""
+    from matcher.mapping import model_path
+
     work_dir = Path(work_dir)
     sparse = work_dir / "sparse"
-    if (sparse / "points3D.bin").is_file() and (work_dir / "db.db").is_file():
-        return sparse
+    if (model_path(sparse) / "points3D.bin").is_file() and (work_dir / "db.db").is_file():
+        return model_path(sparse)
     run_match(image_dir, work_dir / "db.db", config, overwrite=True, reconstruct_dir=sparse, progress=progress)
-    return sparse
+    return model_path(sparse)
 
 
 def build_scene_dataset(

@@ -21,6 +21,7 @@ import torch
 from matcher.config import PipelineConfig
 from matcher.detect import Keypoints
 from matcher.images import read_image, resize_for_detection
+from matcher.mapping import resolve_model_dir
 from matcher.patches import extract_patches, lafs_from_keypoints
 from matcher.storage import FeatureStore
 from matcher.training.homography_patches import PatchSet
@@ -42,7 +43,8 @@ def patches_from_reconstruction(
 
     Args:
         image_dir: the image folder the reconstruction was made from.
-        sparse_dir: a COLMAP model folder (``cameras.bin``, ``images.bin``, ``points3D.bin``).
+        sparse_dir: a COLMAP model folder (``cameras.bin``, ``images.bin``, ``points3D.bin``), or the mapper's
+            output folder holding it as ``0/``.
         features_path: the ``NAME.features.h5`` of the ``match`` run that made the database.
         config: that run's configuration (``images.max_edge`` and ``patches`` are used).
         max_views: at most this many views per point (a random subset of longer tracks).
@@ -51,7 +53,7 @@ def patches_from_reconstruction(
         :class:`~matcher.training.homography_patches.PatchSet`: ``labels`` are 3D point ids renumbered 0..P-1,
         ``photo`` the index of the image in ``names``, ``view`` the keypoint index in that image.
     """
-    rec = pycolmap.Reconstruction(Path(sparse_dir))
+    rec = pycolmap.Reconstruction(resolve_model_dir(Path(sparse_dir)))
     rng = np.random.default_rng(seed)
     per_image: dict[int, list[tuple[int, int]]] = defaultdict(list)  # image_id -> [(label, keypoint index)]
     label = 0

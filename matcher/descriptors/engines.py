@@ -1,0 +1,282 @@
+"""Inference engines for SDGMNet: the same network, run by torch (reference) or by OpenVINO (optional, faster).
+
+An engine maps patches ``(N, 1, 32, 32)`` float32 in [0, 1] to descriptors ``(N, 128)`` float32 with unit rows.
+
+* ``torch``: the network's own forward pass under ``inference_mode`` (fused in-place FRN+TLU), in float32 or as
+  a bfloat16 copy of the network; on ``device`` (``auto``: CUDA or MPS where torch has them, else the CPU).
+* ``openvino``: the network converted to OpenVINO's IR once per weights file and OpenVINO version and cached on
+  disk (:func:`cache_dir`); compiled for the CPU with ``INFERENCE_PRECISION_HINT`` f32 or bf16 and run as
+  OpenVINO's throughput mode (parallel requests of ``batch_size`` patches). Installed by ``pip install
+  matcher[fast]``.
+* ``auto``: ``openvino`` when it is installed and the device is the CPU, else ``torch``.
+
+Any failure to import, convert or compile an optional engine logs one warning and falls back to torch, so a
+run never fails because of an accelerator. ``precision``: ``auto`` is bfloat16 where the processor has native
+bfloat16 (AVX512-BF16 or AMX, the probe of :mod:`matcher.matching`), float32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from matcher.descriptors.sdgmnet import PATCH_SIZE, SDGMNet
+from matcher.errors import ConfigError
+from matcher.matching import native_bf16
+
+__all__ = [
+    "ENGINES",
+    "PRECISIONS",
+    "DEVICES",
+    "Engine",
+    "TorchEngine",
+    "OpenVINOEngine",
+    "build_engine",
+    "cache_dir",
+    "resolve_device",
+    "resolve_engine",
+    "resolve_precision",
+    "weights_digest",
+]
+
+log = logging.getLogger("matcher")
+
+ENGINES = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+IR_FORMAT = "sdgmnet-ir/1"  # bump when the conversion below changes: older cache entries are then ignored
+
+
+class Engine(Protocol):
+    """Runs SDGMNet: ``engine(patches (N, 1, 32, 32) float32) -> (N, 128) float32 unit rows``."""
+
+    name: str
+    precision: str
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor: ...
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` | ``fp32`` | ``bf16`` -> ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it natively)."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision in ("fp32", "bf16"):
+        return precision
+    raise ConfigError(f"descriptor.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA, else MPS, else CPU (whatever this torch build has); other names as given."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in DEVICES:
+        raise ConfigError(f"descriptor.device must be one of {', '.join(DEVICES)}, not {device!r}")
+    return torch.device(device)
+
+
+def _openvino_available() -> bool:
+    """Whether OpenVINO is installed (found, not imported: a broken install fails later and falls back)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # e.g. a module entry set to None: treated as missing
+        return False
+
+
+def resolve_engine(engine: str, device: str = "auto") -> str:
+    """``auto`` -> ``openvino`` when installed and the device is the CPU, else ``torch``."""
+    if engine not in ENGINES:
+        raise ConfigError(f"descriptor.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine == "auto":
+        return "openvino" if resolve_device(device).type == "cpu" and _openvino_available() else "torch"
+    return engine
+
+
+def weights_digest(model: SDGMNet) -> str:
+    """SHA-256 of the network's parameters and buffers (names, dtypes, shapes and values)."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().float().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """``$MATCHER_CACHE_DIR``, else ``$XDG_CACHE_HOME/matcher``, else ``~/.cache/matcher``."""
+    if os.environ.get("MATCHER_CACHE_DIR"):
+        return Path(os.environ["MATCHER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "matcher"
+
+
+class TorchEngine:
+    """The reference: SDGMNet's forward pass in torch, ``batch_size`` patches at a time."""
+
+    name = "torch"
+
+    def __init__(self, model: SDGMNet, precision: str = "fp32", batch_size: int = 256, device: str = "cpu") -> None:
+        self.precision = resolve_precision(precision)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self.model = copy.deepcopy(model).eval().to(self.device, dtype, memory_format=torch.channels_last)
+        self.dtype = dtype
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 32, 32) float -> (N, 128) float32 unit rows (on the CPU)."""
+        out = []
+        with torch.inference_mode():
+            for i in range(0, patches.shape[0], self.batch_size):
+                batch = patches[i : i + self.batch_size].to(self.device, self.dtype)
+                out.append(self.model(batch.contiguous(memory_format=torch.channels_last)).float().cpu())
+        if not out:
+            return torch.zeros((0, self.model.descriptor_dim))
+        return torch.nn.functional.normalize(torch.cat(out, 0), dim=1)
+
+
+def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
+    """Trace the network's module path (FRN and TLU as separate ops) and save OpenVINO IR in ``folder``."""
+    import openvino as ov
+
+    net = copy.deepcopy(model).float().eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    example = torch.zeros(batch_size, 1, PATCH_SIZE, PATCH_SIZE)
+    with torch.enable_grad(), warnings.catch_warnings():  # the traced path: plain FRN/TLU modules, no in-place ops
+        warnings.simplefilter("ignore")  # TracerWarning on the input-shape check, which the static shape makes moot
+        traced = torch.jit.trace(net, example, check_trace=False)
+        ir = ov.convert_model(traced, example_input=example)
+    ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
+
+
+def _load_cached_ir(folder: Path):
+    """The IR in ``folder`` if its manifest and file hashes agree, else None."""
+    import openvino as ov
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for name in ("model.xml", "model.bin"):
+            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != manifest["sha256"][name]:
+                return None
+        return ov.Core().read_model(str(folder / "model.xml"))
+    except Exception:  # missing, unreadable or corrupt: rebuilt by the caller
+        return None
+
+
+def openvino_ir(model: SDGMNet, batch_size: int, root: Path | None = None):
+    """The network as OpenVINO IR with a static batch of ``batch_size``, from the on-disk cache or converted.
+
+    The cache entry is keyed by the weights' digest, OpenVINO's version, the batch size and :data:`IR_FORMAT`;
+    it is written to a temporary folder and renamed, and a manifest of file hashes lets a corrupt or
+    half-written entry be detected and rebuilt.
+    """
+    import openvino as ov
+
+    root = (root or cache_dir()) / "openvino"
+    key = hashlib.sha256(
+        f"{IR_FORMAT}|{weights_digest(model)}|{ov.get_version()}|{batch_size}".encode()
+    ).hexdigest()[:32]
+    folder = root / key
+    ir = _load_cached_ir(folder) if folder.exists() else None
+    if ir is not None:
+        return ir, folder, True
+    if folder.exists():
+        log.warning("rebuilding the OpenVINO cache entry %s (corrupt or incomplete)", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        _convert_to_ir(model, batch_size, tmp)
+        digests = {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in ("model.xml", "model.bin")}
+        (tmp / "manifest.json").write_text(json.dumps({"format": IR_FORMAT, "openvino": ov.get_version(),
+                                                       "batch_size": batch_size, "sha256": digests}))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process wrote the same entry first: use ours, leave theirs
+            return ov.Core().read_model(str(tmp / "model.xml")), tmp, False
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ov.Core().read_model(str(folder / "model.xml")), folder, False
+
+
+class OpenVINOEngine:
+    """SDGMNet compiled by OpenVINO for the CPU (f32 or bf16 inference precision), throughput mode.
+
+    Patches are sent in static batches of ``batch_size`` (the last one zero-padded) to as many parallel infer
+    requests as OpenVINO finds optimal; each batch's result lands in its own rows, so the output does not
+    depend on the order in which requests finish.
+    """
+
+    name = "openvino"
+
+    def __init__(self, model: SDGMNet, precision: str = "fp32", batch_size: int = 256,
+                 cache_root: Path | None = None, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.precision = resolve_precision(precision)
+        self.batch_size = batch_size
+        ir, self.cache_path, self.cache_hit = openvino_ir(model, batch_size, cache_root)
+        config = {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+        }
+        self.compiled = ov.Core().compile_model(ir, "CPU", config)
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.dim = SDGMNet.descriptor_dim
+
+    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
+        """(N, 1, 32, 32) float -> (N, 128) float32 unit rows."""
+        import openvino as ov
+
+        x = patches.detach().float().cpu().numpy()
+        n, bs = x.shape[0], self.batch_size
+        out = np.empty((n, self.dim), np.float32)
+        if n == 0:
+            return torch.from_numpy(out)
+
+        def done(request, start: int) -> None:
+            rows = min(bs, n - start)
+            out[start : start + rows] = request.get_output_tensor(0).data[:rows]
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        queue.set_callback(done)
+        for start in range(0, n, bs):
+            batch = x[start : start + bs]
+            if batch.shape[0] < bs:
+                batch = np.concatenate([batch, np.zeros((bs - batch.shape[0], *batch.shape[1:]), np.float32)])
+            queue.start_async({0: np.ascontiguousarray(batch)}, start)
+        queue.wait_all()
+        return torch.nn.functional.normalize(torch.from_numpy(out), dim=1)
+
+
+def build_engine(model: SDGMNet, engine: str = "auto", precision: str = "auto", batch_size: int = 256,
+                 device: str = "auto", cache_root: Path | None = None) -> Engine:
+    """The engine a configuration asks for; torch when an optional engine is missing or fails to build."""
+    chosen = resolve_engine(engine, device)
+    if chosen == "openvino":
+        try:
+            return OpenVINOEngine(model, precision, batch_size, cache_root)
+        except Exception as exc:  # missing package, conversion or compilation error: the reference still runs
+            log.warning("OpenVINO engine unavailable (%s: %s); using torch", type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+    return TorchEngine(model, precision, batch_size, "cpu" if chosen == "openvino" else device)

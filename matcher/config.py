@@ -37,9 +37,14 @@ __all__ = [
 
 @dataclass
 class ImagesConfig:
-    """Image reading: detection runs on a copy whose longer edge is at most ``max_edge`` pixels (0: full size)."""
+    """Image reading: detection runs on a copy whose longer edge is at most ``max_edge`` pixels (0: full size).
+
+    ``mask_dir``: COLMAP's mask convention: the mask of ``IMAGES/a/b.jpg`` is ``MASKDIR/a/b.jpg.png``, the image's
+    size; no keypoint is kept where it is 0 (an image without a mask file keeps all). Empty: no masks.
+    """
 
     max_edge: int = 1600
+    mask_dir: str = ""
 
 
 @dataclass
@@ -143,6 +148,11 @@ class VerificationConfig:
 class ExportConfig:
     """COLMAP database export: camera model, and whether all images share one camera.
 
+    ``camera_params``: known intrinsics for every camera, COLMAP's ImageReader string for ``camera_model``
+    (SIMPLE_RADIAL: ``"f,cx,cy,k"``, PINHOLE: ``"fx,fy,cx,cy"``, OPENCV: ``"fx,fy,cx,cy,k1,k2,p1,p2"``), in pixels
+    of the full image, COLMAP's convention (top-left pixel centre at 0.5); the focal length is then a flagged
+    prior (``has_prior_focal_length``). Empty: EXIF or COLMAP's guess.
+
     ``colmap_version``: the COLMAP that will read the database, e.g. ``"3.8"``: before 3.12 the database is
     written in COLMAP 3.8's schema (matcher.colmap_legacy_db), which COLMAP 3.x reads; empty: the schema of the
     installed pycolmap (COLMAP >= 3.12).
@@ -150,6 +160,7 @@ class ExportConfig:
 
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool = False
+    camera_params: str = ""
     colmap_version: str = ""
 
 
@@ -161,7 +172,9 @@ class MappingConfig:
     GLOMAP). Incremental mapping starts from a pair with a wide triangulation angle and not too much forward
     motion (``init_min_tri_angle`` degrees, ``init_max_forward_motion``, COLMAP's defaults 16 and 0.95); a
     capture walking straight ahead (the Lund street of ../shared/data) offers no such pair, and global mapping
-    registers all of it.
+    registers all of it. ``refine_intrinsics`` false keeps every camera's focal length, principal point and
+    distortion as the database gives them (COLMAP's ``--Mapper.ba_refine_focal_length 0`` and its siblings), for
+    known intrinsics (``export.camera_params``).
     """
 
     mapper: str = "incremental"
@@ -171,6 +184,7 @@ class MappingConfig:
     min_num_matches: int = 15
     init_min_tri_angle: float = 16.0
     init_max_forward_motion: float = 0.95
+    refine_intrinsics: bool = True
 
 
 @dataclass

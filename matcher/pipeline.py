@@ -13,32 +13,37 @@ settings (a fingerprint of the relevant config sections and the descriptor weigh
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import OrderedDict, deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from matcher.colmap_db import DatabaseImage, write_database
+from matcher.colmap_db import DatabaseImage, camera_params, write_database
 from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legacy_database
 from matcher.config import PipelineConfig, config_to_toml
 from matcher.descriptors import build_descriptor, descriptor_settings, resolve_weights
 from matcher.detect import detect_keypoints
-from matcher.errors import DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
+from matcher.errors import ConfigError, DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
 from matcher.images import list_images, list_other_files, read_image, resize_for_detection
 from matcher.matching import mutual_nearest_neighbours, similarity_dtype
 from matcher.pairs import make_pairs
-from matcher.reconstruct import ReconstructionSummary, reconstruct
+from matcher.progress import progress_bar
+from matcher.mapping import ReconstructionSummary, model_path, reconstruct
+from matcher.masks import mask_path, masks_digest, read_mask, resize_mask, unmasked
 from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches
+from matcher.threads import thread_budget
+from matcher.undistortion import UndistortSummary, undistort
 from matcher.verify import verify_pair
 
 __all__ = ["OutputPaths", "RunReport", "run_match", "extract_all", "match_all"]
@@ -81,6 +86,16 @@ class RunReport:
     database_schema: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     reconstruction: ReconstructionSummary | None = None
+    undistorted: UndistortSummary | None = None
+    threads: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self, paths: OutputPaths) -> dict:
+        """The summary as plain JSON types (``match --json``): the fields above plus the output paths."""
+        data = dataclasses.asdict(self)
+        data["skipped"] = [{"name": name, "reason": reason} for name, reason in self.skipped]
+        data["outputs"] = {"database": str(paths.database), "features": str(paths.features),
+                           "matches": str(paths.matches), "config": str(paths.config)}
+        return data
 
     def format(self, paths: OutputPaths) -> str:
         lines = [
@@ -99,6 +114,8 @@ class RunReport:
             )
         if self.reconstruction is not None:
             lines.append(f"reconstruction: {self.reconstruction.format()}")
+        if self.undistorted is not None:
+            lines.append(f"undistorted: {self.undistorted.format()}")
         lines.append("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} file(s):")
@@ -106,8 +123,11 @@ class RunReport:
         return "\n".join(lines)
 
 
-def _fingerprint(config: PipelineConfig, sections: tuple[str, ...]) -> str:
+def _fingerprint(config: PipelineConfig, sections: tuple[str, ...], masks: str = "") -> str:
+    """``masks``: :func:`matcher.masks.masks_digest` of the run (the masks' content, not their folder's path)."""
     data = {s: dict(getattr(config, s).__dict__) for s in sections}  # copies: the config is not touched
+    if "images" in data and data["images"].pop("mask_dir", ""):
+        data["masks_sha256"] = masks
     if config.descriptor.name == "sdgmnet":
         path = resolve_weights(config.descriptor.weights)
         data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -165,7 +185,7 @@ def extract_all(
 ) -> None:
     """Detect and describe every image that the store does not hold yet; record skipped files in ``report``."""
     descriptor = None
-    bar = tqdm(names, desc="extract", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(names, enabled=progress, desc="extract", unit="img", leave=False)
     for name in bar:
         if store.has(name):
             report.images_used.append(name)
@@ -173,10 +193,16 @@ def extract_all(
             continue
         try:
             image = read_image(image_dir, name)
+            mask = read_mask(config.images.mask_dir, name, image.width, image.height)
             small, sx, sy = resize_for_detection(image.gray, config.images.max_edge)
-            keypoints = detect_keypoints(small, config.detection)
+            if mask is None:
+                keypoints = detect_keypoints(small, config.detection)
+            else:  # COLMAP's rule, exactly, at full resolution (the detection mask is its resized copy)
+                keypoints = detect_keypoints(small, config.detection, resize_mask(mask, small.shape[1], small.shape[0]))
+                keypoints = keypoints.select(unmasked(keypoints.rescaled(sx, sy).xy, mask))
             if len(keypoints) == 0:
-                raise ImageReadError(f"{image_dir / name}: no keypoints (image too small or too flat)")
+                why = "masked out" if mask is not None else "image too small or too flat"
+                raise ImageReadError(f"{image_dir / name}: no keypoints ({why})")
         except ImageReadError as exc:
             log.warning("skipped %s", exc)
             report.skipped.append((name, str(exc).split(": ", 1)[-1]))
@@ -241,6 +267,7 @@ def match_all(
     config: PipelineConfig,
     report: RunReport,
     progress: bool,
+    threads: int | None = None,
 ) -> None:
     """Match and verify every pair the store does not hold yet.
 
@@ -249,7 +276,7 @@ def match_all(
     so the files do not depend on the number of workers, and a killed run loses only the pairs in flight.
     """
     cache = _FeatureCache(features)
-    workers = config.matching.workers if config.matching.workers > 0 else (os.cpu_count() or 1)
+    workers = config.matching.workers if config.matching.workers > 0 else thread_budget(threads)
 
     def match_pair(f1: ImageFeatures, f2: ImageFeatures) -> PairMatches:
         matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
@@ -268,7 +295,7 @@ def match_all(
         log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
                  pair.num_inliers, done, len(pairs))
 
-    bar = tqdm(total=len(pairs), desc="match", unit="pair", disable=not progress, leave=False)
+    bar = progress_bar(total=len(pairs), enabled=progress, desc="match", unit="pair", leave=False)
     pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
     done = 0  # pairs finished, reused ones included (tqdm's own count stays 0 when the bar is disabled)
     threads = config.matching.threads if config.matching.threads > 0 else torch.get_num_threads()
@@ -318,24 +345,38 @@ def run_match(
     overwrite: bool = False,
     reconstruct_dir: Path | None = None,
     progress: bool = True,
+    undistort_dir: Path | None = None,
+    text: bool = False,
+    threads: int | None = None,
 ) -> RunReport:
     """Run the whole pipeline. See the module docstring for what is written where.
+
+    Args:
+        reconstruct_dir: also run SfM; the models go to ``reconstruct_dir/0`` (the largest), ``/1``...
+        progress: progress bars (drawn only when stderr is a terminal).
+        undistort_dir: also undistort the largest model there (:mod:`matcher.undistortion`); needs ``reconstruct_dir``.
+        text: write the models as COLMAP text files too.
+        threads: thread budget (None: CPU affinity capped by ``OMP_NUM_THREADS``, :mod:`matcher.threads`).
 
     Raises:
         NoImagesError: the folder is missing or has no image (nothing is written).
         DatabaseExistsError: the database exists and ``overwrite`` is False (nothing is written).
+        ConfigError: bad camera parameters, a missing mask folder, ``undistort_dir`` without ``reconstruct_dir``.
     """
     image_dir, paths = Path(image_dir), OutputPaths(Path(db_path))
     report = RunReport()
     names = list_images(image_dir)
+    _check_outputs_options(config, names, reconstruct_dir, undistort_dir)
+    budget = thread_budget(threads)
     if paths.database.exists() and not overwrite:
         raise DatabaseExistsError(f"{paths.database}: database exists; pass --overwrite to replace it")
     if paths.database.is_dir():
         raise DatabaseExistsError(f"{paths.database}: is a folder, not a database file")
     # Validate the descriptor (weights present) and the COLMAP version before touching any file.
     report.database_schema = schema_name(config.export.colmap_version)
-    feature_fp = _fingerprint(config, FEATURE_SECTIONS)
-    match_fp = _fingerprint(config, MATCH_SECTIONS)
+    masks = masks_digest(config.images.mask_dir, names)
+    feature_fp = _fingerprint(config, FEATURE_SECTIONS, masks)
+    match_fp = _fingerprint(config, MATCH_SECTIONS, masks)
     paths.database.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.mapping.seed)
     np.random.seed(config.mapping.seed)
@@ -353,14 +394,16 @@ def run_match(
     paths.config.write_text(config_to_toml(config, header=f"matcher configuration of {paths.database.name}"))
     t0 = time.perf_counter()
     with _open_cache(FeatureStore, paths.features, feature_fp, overwrite) as features:
-        extract_all(image_dir, candidates, features, config, report, progress)
+        with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads):
+            extract_all(image_dir, candidates, features, config, report, progress)
         t1 = time.perf_counter()
         report.timings["extract"] = t1 - t0
         used = sorted(report.images_used)
         pairs = make_pairs(config.pairs, used, names)
         report.pairs = len(pairs)
         with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
-            match_all(pairs, features, matches, config, report, progress)
+            match_all(pairs, features, matches, config, report, progress, threads=budget)
+            report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
             t2 = time.perf_counter()
             report.timings["match"] = t2 - t1
             legacy = is_legacy_version(config.export.colmap_version)
@@ -373,10 +416,52 @@ def run_match(
             report.timings["export"] = time.perf_counter() - t2
     if reconstruct_dir is not None:
         t3 = time.perf_counter()
-        bar = tqdm(total=len(used), desc="map", unit="img", disable=not progress, leave=False)
+        bar = progress_bar(total=len(used), enabled=progress, desc="map", unit="img", leave=False)
+        mapping = config.mapping
+        if mapping.num_threads <= 0:
+            mapping = dataclasses.replace(mapping, num_threads=budget)
+        report.threads["mapping"] = mapping.num_threads
         _, report.reconstruction = reconstruct(
-            paths.database, image_dir, Path(reconstruct_dir), config.mapping, on_image=lambda: bar.update(1)
+            paths.database, image_dir, Path(reconstruct_dir), mapping, on_image=lambda: bar.update(1), text=text
         )
         bar.close()
         report.timings["map"] = time.perf_counter() - t3
+        if undistort_dir is not None and report.reconstruction.registered_images > 0:
+            t4 = time.perf_counter()
+            report.undistorted = undistort(model_path(reconstruct_dir), image_dir, undistort_dir, text, budget)
+            report.timings["undistort"] = time.perf_counter() - t4
     return report
+
+
+def _check_outputs_options(
+    config: PipelineConfig, names: list[str], reconstruct_dir: Path | None, undistort_dir: Path | None
+) -> None:
+    """Option errors found before anything is written (ConfigError)."""
+    if undistort_dir is not None and reconstruct_dir is None:
+        raise ConfigError("--undistort needs --reconstruct DIR (the model to undistort)")
+    if config.export.camera_params:
+        camera_params(config.export.camera_model, config.export.camera_params)
+    mask_dir = config.images.mask_dir
+    if mask_dir:
+        if not Path(mask_dir).is_dir():
+            raise ConfigError(f"{mask_dir}: mask folder not found")
+        if not any(mask_path(mask_dir, name).is_file() for name in names):
+            log.warning("no mask in %s for any image (COLMAP's convention: the mask of a/b.jpg is %s)",
+                        mask_dir, mask_path(mask_dir, "a/b.jpg"))
+
+
+@contextmanager
+def _thread_limits(budget: int, explicit: bool, record: dict[str, int]) -> Iterator[None]:
+    """torch and OpenCV threads for a block: ``budget`` when asked for explicitly, else at most ``budget``
+    (their own defaults may be lower: torch counts physical cores); restored afterwards. Recorded in ``record``."""
+    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
+    torch_threads = budget if explicit else min(torch_before, budget)
+    cv2_threads = budget if explicit or cv2_before <= 0 else min(cv2_before, budget)
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
+    record.update(budget=budget, torch=torch.get_num_threads(), opencv=cv2.getNumThreads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_before)
+        cv2.setNumThreads(cv2_before)

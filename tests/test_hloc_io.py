@@ -19,7 +19,7 @@ from matcher.hloc_io import names_to_pair, read_hloc_matches
 from matcher.pipeline import OutputPaths, run_match
 from matcher.storage import FeatureStore, MatchStore
 
-FAST = [{"images": {"max_edge": 640}}, {"detection": {"max_keypoints": 512}}]
+FAST = [{"images": {"max_edge": 800}}, {"detection": {"max_keypoints": 1024}}]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_import_gives_the_database_of_our_own_run(run, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [
         "import-hloc", str(out / "features.h5"), str(out / "matches.h5"), str(out / "pairs.txt"),
         "--images", str(images), "--out", str(imported), "--pipeline", "rootsift",
-        "--set", "images.max_edge=640",  # the run's RANSAC threshold is given at this detection size
+        "--set", "images.max_edge=800",  # the run's RANSAC threshold is given at this detection size
     ])
     assert result.exit_code == 0, result.output
     ours, theirs = _database(db), _database(imported)
@@ -167,10 +167,12 @@ def test_hlocs_reconstruction_steps_run_on_the_export(run, tmp_path: Path) -> No
             matches0 = m[names_to_pair(name0, name1)]["matches0"][()]
             idx = np.where(matches0 != -1)[0]
             db.write_matches(ids[name0], ids[name1], np.stack([idx, matches0[idx]], -1).astype(np.uint32))
+    pycolmap.set_random_seed(0)
     pycolmap.verify_matches(database, out / "pairs.txt")
     with pycolmap.Database.open(database) as db:
         assert db.num_verified_image_pairs() == 3
     options = pycolmap.IncrementalPipelineOptions()
-    options.num_threads = 2
+    options.num_threads = 1
+    options.random_seed = 0
     reconstructions = pycolmap.incremental_mapping(database, images, tmp_path / "sfm", options)
     assert max(r.num_reg_images() for r in reconstructions.values()) == 3

@@ -272,7 +272,36 @@ def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool, qui
     )
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """A group whose other subcommands are imported when first looked up (run, or listed by ``--help``), so
+    ``matcher --version`` and ``match --help`` import neither torch nor the training and evaluation code."""
+
+    lazy = {  # command name -> "module:attribute"
+        "eval": "matcher.evaluation.commands:eval_command",
+        "show": "matcher.evaluation.commands:show_command",
+        "dataset": "matcher.training.commands:dataset_group",
+        "train": "matcher.training.commands:train_command",
+        "finetune": "matcher.training.commands:finetune_command",
+        "convert-db": "matcher.interop_commands:convert_db_command",
+        "export": "matcher.interop_commands:export_group",
+        "import-hloc": "matcher.interop_commands:import_hloc_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            from importlib import import_module
+
+            module, attribute = self.lazy[name].split(":")
+            command = getattr(import_module(module), attribute)
+            _give_quiet(command)
+            self.add_command(command, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(package_name="matcher")
 def main() -> None:
     """matcher: feature matching for Structure-from-Motion (COLMAP databases)."""
@@ -281,19 +310,6 @@ def main() -> None:
 main.add_command(match_command)
 main.add_command(reconstruct_command)
 main.add_command(demo_command)
-from matcher.evaluation.commands import eval_command, show_command  # noqa: E402
-main.add_command(eval_command)
-main.add_command(show_command)
-from matcher.training.commands import dataset_group, finetune_command, train_command  # noqa: E402
-
-main.add_command(dataset_group)
-main.add_command(train_command)
-main.add_command(finetune_command)
-from matcher.interop_commands import convert_db_command, export_group, import_hloc_command  # noqa: E402
-
-main.add_command(convert_db_command)
-main.add_command(export_group)
-main.add_command(import_hloc_command)
 
 
 def _give_quiet(command: click.Command) -> None:

@@ -163,7 +163,9 @@ def test_exit_codes_0_and_2(two_photos: Path, run_json: tuple[Path, dict]) -> No
 def test_quiet_on_every_subcommand(two_photos: Path, tmp_path: Path) -> None:
     def commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
         found: dict[str, click.Command] = {}
-        for name, command in group.commands.items():
+        context = click.Context(group)  # list_commands/get_command: the group imports subcommands lazily
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
             if isinstance(command, click.Group):
                 found |= commands(command, f"{prefix}{name} ")
             else:

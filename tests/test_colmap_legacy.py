@@ -256,10 +256,18 @@ def castle_for_binary(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.scene
-def test_binary_mapper_registers_every_image(castle_for_binary, tmp_path: Path) -> None:
+@pytest.mark.parametrize("opened_by_pycolmap", [False, True], ids=["as-written", "after-pycolmap"])
+def test_binary_mapper_registers_every_image(castle_for_binary, tmp_path: Path, opened_by_pycolmap: bool) -> None:
+    """Also after pycolmap 4 opened the database (``match --colmap-version 3.8 --reconstruct`` maps it with
+    pycolmap, which adds its tables and leaves COLMAP 3.8's alone)."""
     images, db_path, version = castle_for_binary
     database = tmp_path / "db.db"
     shutil.copy(db_path, database)
+    if opened_by_pycolmap:
+        with pycolmap.Database.open(database) as db:
+            assert db.num_images() == 11
+        with sqlite3.connect(database) as c:
+            assert c.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'frames'").fetchone() == (1,)
     (tmp_path / "sparse").mkdir()
     result = _colmap("mapper", "--database_path", str(database), "--image_path", str(images),
                      "--output_path", str(tmp_path / "sparse"), "--Mapper.num_threads", "2")

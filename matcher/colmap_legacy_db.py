@@ -340,8 +340,9 @@ def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwri
     """Write the database ``in_path`` (any schema pycolmap opens; read through :mod:`matcher.colmap_db`) to
     ``out_path`` for COLMAP ``colmap_version``: the 3.8 layout before 3.12, pycolmap's schema otherwise.
 
-    Ids, cameras, keypoints, descriptors, matches and two-view geometries are copied as they are. ``in_path`` is
-    not modified. Returns the schema written (:func:`schema_name`).
+    Ids, cameras, keypoints, descriptors, matches and two-view geometries are copied as they are; rigs, frames
+    and pose priors are not (COLMAP 3.8 has none). ``in_path`` is not modified. Returns the schema written
+    (:func:`schema_name`).
     """
     from matcher.colmap_db import read_database_records, upgrade_database
     from matcher.errors import DatabaseExistsError

@@ -176,3 +176,24 @@ def test_hlocs_reconstruction_steps_run_on_the_export(run, tmp_path: Path) -> No
     options.random_seed = 0
     reconstructions = pycolmap.incremental_mapping(database, images, tmp_path / "sfm", options)
     assert max(r.num_reg_images() for r in reconstructions.values()) == 3
+
+
+def test_export_inliers_only(run, tmp_path: Path) -> None:
+    _, db, _ = run
+    result = CliRunner().invoke(main, ["export", "hloc", str(db), str(tmp_path), "--inliers-only", "-q"])
+    assert result.exit_code == 0 and result.output == ""
+    with MatchStore(OutputPaths(db).matches, "r") as store, h5py.File(tmp_path / "matches.h5", "r") as f:
+        for line in (tmp_path / "pairs.txt").read_text().splitlines():
+            name0, name1 = line.split()
+            ours = store.read(name0, name1)
+            matches0 = f[names_to_pair(name0, name1)]["matches0"][()]
+            kept = ours.matches[ours.inliers]
+            assert (matches0 != -1).sum() == len(kept) == ours.num_inliers
+            np.testing.assert_array_equal(matches0[kept[:, 0]], kept[:, 1])
+
+
+def test_export_of_a_missing_run_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["export", "hloc", str(tmp_path / "nothing"), str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "nothing.features.h5: not found" in result.output
+    assert not (tmp_path / "out").exists()

@@ -10,12 +10,13 @@ The schema is COLMAP 3.8's, copied from ``Database::CreateTables`` (``src/base/d
 identical to what Debian's ``colmap`` 3.8 ``database_creator`` writes; stored as test data in
 ``tests/fixtures/colmap_3.8_schema.sql``). Where 3.x changed it:
 
-* 3.8 and 3.9: ``images`` carries the pose prior columns ``prior_qw ... prior_tz``, and COLMAP's statements
-  name them, so a database without them fails;
-* 3.10 moved the priors to a ``pose_priors`` table and 3.11 added ``position_covariance`` to it; both only
-  name ``images(image_id, name, camera_id)`` and create ``pose_priors`` on open when it is missing, so the
-  3.8 layout serves them too (COLMAP always opens older databases: ``CREATE TABLE IF NOT EXISTS`` and
-  ``UpdateSchema``);
+* 3.8 and 3.9: the same six CREATE statements (3.9's ``src/colmap/scene/database.cc`` has 3.8's verbatim);
+  ``images`` carries the pose prior columns ``prior_qw ... prior_tz`` and COLMAP's statements name them, so
+  a database without them fails (what a pycolmap 4 database does to them);
+* 3.10 and 3.11 moved the priors to a ``pose_priors`` table (3.11: with ``position_covariance``) and name only
+  ``images(image_id, name, camera_id)``; their ``CreateTables`` (``CREATE TABLE IF NOT EXISTS``) and
+  ``UpdateSchema`` (``ALTER TABLE ... ADD COLUMN``) add what an older database lacks, so the 3.8 layout serves
+  them too (read in COLMAP's source; no 3.10/3.11 binary was run);
 * 3.12 introduced rigs and frames (pycolmap 4's schema). pycolmap 4.2 opens a 3.8-layout database, adding
   its new tables (it rewrites the file: open a copy) but no rigs or frames, and its incremental mapper
   registers it (tested); ``matcher convert-db IN OUT --colmap-version 3.12`` also writes the rigs and frames.

@@ -14,6 +14,8 @@ __all__ = [
     "IncompatibleDatabaseError",
     "PairsFileError",
     "ModelWeightsError",
+    "StorageError",
+    "OutputBusyError",
 ]
 
 
@@ -59,5 +61,20 @@ class PairsFileError(MatcherError):
 
 class ModelWeightsError(MatcherError):
     """A descriptor weights file is missing or does not fit the network."""
+
+    exit_code = 2
+
+
+class StorageError(MatcherError):
+    """A file cannot be written or read back (disk full, file-size limit, I/O error, permissions, damaged cache).
+
+    Caches are left consistent: a rerun once the cause is fixed resumes where the failed run stopped.
+    """
+
+    exit_code = 1
+
+
+class OutputBusyError(MatcherError):
+    """Another ``match`` is writing the same database."""
 
     exit_code = 2

@@ -7,7 +7,9 @@
     orientations  (N,)   float32  radians, counter-clockwise on screen (kornia's LAF convention)
     scores        (N,)   float32  DoG response
     descriptors   (N, D) float32  unit rows
-    attrs: width, height (full resolution), descriptor (name), complete (written last)
+    attrs: width, height (full resolution), descriptor (name), content (SHA-1 of the image file),
+           focal (pixels; COLMAP's EXIF prior or its 1.2 * max(w, h) guess), focal_prior (bool: from EXIF),
+           complete (written last)
 
 ``<db>.matches.h5``, one group per pair ``<name1>|<name2>`` (escaped names, ``name1`` < ``name2``):
 
@@ -16,10 +18,15 @@
     inliers   (M,)   bool    RANSAC inliers of the verified model (all False when unverified)
     F         (3, 3) float64 fundamental matrix, x2^T F x1 = 0 (when fitted)
     H         (3, 3) float64 homography, x2 ~ H x1 (for "planar" pairs)
-    attrs: model ("fundamental" | "planar" | "none"), num_inliers, complete (written last)
+    attrs: model ("fundamental" | "planar" | "none"), num_inliers, content1, content2 (SHA-1 of the two image
+           files), complete (written last)
 
 A group without ``complete`` is a write that was interrupted: it is deleted and redone on the next run.
 Every group is flushed to disk when written, so a killed run loses at most the group in progress.
+Datasets carry HDF5 Fletcher-32 checksums, verified on read: a damaged group is dropped and recomputed
+(:meth:`FeatureStore.usable`, :meth:`MatchStore.usable`), a damaged file is recreated, never read as data.
+Before each group is written the free space (disk and the process's file-size limit) is checked, so a full
+disk ends the run with :class:`matcher.errors.StorageError` and leaves the file consistent for a rerun.
 
 Patch datasets (training), one file each, written whole and renamed into place:
 
@@ -32,6 +39,8 @@ Patch datasets (training), one file each, written whole and renamed into place:
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,7 +48,14 @@ from types import TracebackType
 import h5py
 import numpy as np
 
-from matcher.errors import IncompatibleDatabaseError
+from matcher.errors import IncompatibleDatabaseError, StorageError
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
+log = logging.getLogger("matcher")
 
 __all__ = [
     "ImageFeatures",
@@ -50,7 +66,41 @@ __all__ = [
     "pair_key",
     "write_patch_dataset",
     "read_patch_dataset",
+    "ensure_space",
+    "SPACE_MARGIN",
 ]
+
+SPACE_MARGIN = 256 * 1024  # bytes kept free beyond a write's payload (HDF5/SQLite metadata, page flushes)
+
+
+def ensure_space(path: Path, nbytes: int, what: str) -> None:
+    """Raise StorageError unless ``nbytes`` (+ :data:`SPACE_MARGIN`) more can be written to ``path``: free disk
+    space of its folder and the process's file-size limit (``RLIMIT_FSIZE``), checked before the libraries
+    write, because HDF5 and SQLite do not recover from a write failing half-way (a damaged file, a crash)."""
+    path = Path(path)
+    need = int(nbytes) + SPACE_MARGIN
+    room = shutil.disk_usage(path.parent).free
+    if resource is not None:
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            room = min(room, soft - (path.stat().st_size if path.exists() else 0))
+    if room < need:
+        raise StorageError(
+            f"{path}: no space left to write {what} ({need / 2**20:.1f} MiB needed, {max(room, 0) / 2**20:.1f} MiB "
+            "available: disk full or file-size limit); free some space and rerun to resume"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _chunks(data: np.ndarray) -> tuple[int, ...] | None:
+    """Whole rows, at most 1024 per chunk (a checksum per chunk; a damaged chunk invalidates its group)."""
+    if data.ndim == 0:
+        return None
+    return (max(1, min(len(data), 1024)), *data.shape[1:])
 
 
 def escape_name(name: str) -> str:
@@ -73,6 +123,8 @@ class ImageFeatures:
     descriptors: np.ndarray
     width: int
     height: int
+    focal: float = 0.0  # pixels; 0: unknown (COLMAP's 1.2 * max(width, height) guess is used)
+    focal_prior: bool = False  # the focal length comes from EXIF (COLMAP's has_prior_focal_length)
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
@@ -101,17 +153,72 @@ class _Store:
         self.path = Path(path)
         try:
             self.file = h5py.File(self.path, mode)
-        except OSError as exc:
-            raise IncompatibleDatabaseError(
-                f"{self.path}: cannot open {self.kind} file ({str(exc).splitlines()[0]}); delete it to start over"
-            ) from None
-        if mode != "r":
-            self._drop_incomplete()
+            if mode != "r":
+                self._drop_incomplete()
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            if mode == "r" or "lock" in str(exc).lower() or not self.path.is_file():
+                raise IncompatibleDatabaseError(
+                    f"{self.path}: cannot open {self.kind} file ({_first_line(exc)})"
+                ) from None
+            # A cache damaged beyond its groups (a crash while the disk was full, zeroed metadata): start afresh.
+            log.warning("%s: damaged %s file (%s): recomputing it", self.path, self.kind, _first_line(exc))
+            if getattr(self, "file", None) is not None and self.file.id.valid:
+                self.close()
+            self.path.unlink()
+            self.file = h5py.File(self.path, mode)
 
     def _drop_incomplete(self) -> None:
         for key in list(self.file.keys()):
-            if not self.file[key].attrs.get("complete", False):
+            try:
+                complete = bool(self.file[key].attrs.get("complete", False))
+            except (OSError, RuntimeError, KeyError, ValueError):
+                complete = False
+            if not complete:
                 del self.file[key]
+
+    def _write_group(self, key: str, what: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+        """Write one group whole (``complete`` last) and flush; on any failure drop it and raise StorageError."""
+        ensure_space(self.path, sum(a.nbytes for a in arrays.values()) + 16384, what)
+        try:
+            if key in self.file:
+                del self.file[key]
+            group = self.file.create_group(key)
+            for name, data in arrays.items():
+                group.create_dataset(name, data=data, chunks=_chunks(data), fletcher32=data.ndim > 0)
+            group.attrs.update(attrs)
+            group.attrs["complete"] = True
+            del group
+            self.file.flush()
+        except (OSError, RuntimeError, ValueError) as exc:
+            group = None  # noqa: F841 (no handle may stay open on the failed group)
+            try:  # without this, HDF5 flushes the half-written group on close and damages the file (or crashes)
+                del self.file[key]
+            except Exception:  # noqa: BLE001 (the file is then recreated on the next run)
+                pass
+            raise StorageError(f"{self.path}: cannot write {what} ({_first_line(exc)}); rerun to resume") from None
+
+    def _damaged(self, key: str, what: str) -> str | None:
+        """Read every dataset of ``key`` (checksums are verified on read): None if intact, else the reason."""
+        try:
+            group = self.file[key]
+            for name in group:
+                group[name][()]
+            return None
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            return _first_line(exc)
+
+    def _drop_damaged(self, key: str, what: str, reason: str) -> None:
+        log.warning("%s: damaged %s (%s): recomputing", self.path, what, reason)
+        try:
+            del self.file[key]
+        except (OSError, RuntimeError, KeyError) as exc:
+            raise StorageError(f"{self.path}: damaged {self.kind} file ({_first_line(exc)}); delete it to recompute") from None
+
+    def _read_group(self, key: str, what: str) -> h5py.Group:
+        try:
+            return self.file[key]
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise StorageError(f"{self.path}: cannot read {what} ({_first_line(exc)}); rerun to recompute") from None
 
     def __enter__(self):  # noqa: ANN204
         return self
@@ -121,7 +228,10 @@ class _Store:
 
     def close(self) -> None:
         if self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except (OSError, RuntimeError) as exc:  # a full disk: the write that failed has already been reported
+                log.warning("%s: not closed cleanly (%s)", self.path, _first_line(exc))
 
 
 class FeatureStore(_Store):
@@ -132,40 +242,60 @@ class FeatureStore(_Store):
     def names(self) -> set[str]:
         return {k.replace("%2F", "/").replace("%25", "%") for k in self.file.keys()}
 
-    def has(self, name: str) -> bool:
+    def has(self, name: str, content: str | None = None) -> bool:
+        """A complete group for ``name`` (and, given ``content``, computed from a file with that SHA-1)."""
         key = escape_name(name)
-        return key in self.file and bool(self.file[key].attrs.get("complete", False))
+        if key not in self.file:
+            return False
+        attrs = self.file[key].attrs
+        return bool(attrs.get("complete", False)) and (content is None or attrs.get("content", "") == content)
+
+    def usable(self, name: str, content: str | None = None) -> bool:
+        """:meth:`has`, and every dataset reads back with a valid checksum (a damaged group is dropped, with a
+        warning, so the caller recomputes it)."""
+        if not self.has(name, content):
+            return False
+        reason = self._damaged(escape_name(name), f"features of {name}")
+        if reason is not None:
+            self._drop_damaged(escape_name(name), f"features of {name}", reason)
+            return False
+        return True
 
     def descriptor_of(self, name: str) -> str:
         return str(self.file[escape_name(name)].attrs["descriptor"])
 
-    def write(self, name: str, features: ImageFeatures, descriptor: str) -> None:
-        key = escape_name(name)
-        if key in self.file:
-            del self.file[key]
-        group = self.file.create_group(key)
-        group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
-        group.create_dataset("scales", data=features.scales.astype(np.float32))
-        group.create_dataset("orientations", data=features.orientations.astype(np.float32))
-        group.create_dataset("scores", data=features.scores.astype(np.float32))
-        group.create_dataset("descriptors", data=features.descriptors.astype(np.float32))
-        group.attrs["width"] = features.width
-        group.attrs["height"] = features.height
-        group.attrs["descriptor"] = descriptor
-        group.attrs["complete"] = True
-        self.file.flush()
+    def write(self, name: str, features: ImageFeatures, descriptor: str, content: str = "") -> None:
+        """Write (replace) the group of ``name``; ``content``: SHA-1 of the image file. Raises StorageError."""
+        arrays = {
+            "keypoints": features.keypoints.astype(np.float32),
+            "scales": features.scales.astype(np.float32),
+            "orientations": features.orientations.astype(np.float32),
+            "scores": features.scores.astype(np.float32),
+            "descriptors": features.descriptors.astype(np.float32),
+        }
+        attrs = {"width": features.width, "height": features.height, "descriptor": descriptor, "content": content,
+                 "focal": float(features.focal), "focal_prior": bool(features.focal_prior)}
+        self._write_group(escape_name(name), f"features of {name}", arrays, attrs)
 
     def read(self, name: str) -> ImageFeatures:
-        group = self.file[escape_name(name)]
-        return ImageFeatures(
-            keypoints=group["keypoints"][()],
-            scales=group["scales"][()],
-            orientations=group["orientations"][()],
-            scores=group["scores"][()],
-            descriptors=group["descriptors"][()],
-            width=int(group.attrs["width"]),
-            height=int(group.attrs["height"]),
-        )
+        """Raises StorageError when the group cannot be read back (checksum, damaged file)."""
+        group = self._read_group(escape_name(name), f"features of {name}")
+        try:
+            return ImageFeatures(
+                keypoints=group["keypoints"][()],
+                scales=group["scales"][()],
+                orientations=group["orientations"][()],
+                scores=group["scores"][()],
+                descriptors=group["descriptors"][()],
+                width=int(group.attrs["width"]),
+                height=int(group.attrs["height"]),
+                focal=float(group.attrs.get("focal", 0.0)),
+                focal_prior=bool(group.attrs.get("focal_prior", False)),
+            )
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise StorageError(
+                f"{self.path}: cannot read features of {name} ({_first_line(exc)}); rerun to recompute"
+            ) from None
 
     def read_keypoints(self, name: str) -> np.ndarray:
         return self.file[escape_name(name)]["keypoints"][()]
@@ -176,37 +306,57 @@ class MatchStore(_Store):
 
     kind = "matches"
 
-    def has(self, name1: str, name2: str) -> bool:
+    def has(self, name1: str, name2: str, content: tuple[str, str] | None = None) -> bool:
+        """A complete group (and, given ``content``, matched from image files with these two SHA-1s)."""
         key = pair_key(name1, name2)
-        return key in self.file and bool(self.file[key].attrs.get("complete", False))
+        if key not in self.file:
+            return False
+        attrs = self.file[key].attrs
+        return bool(attrs.get("complete", False)) and (
+            content is None or (attrs.get("content1", ""), attrs.get("content2", "")) == tuple(content)
+        )
 
-    def write(self, name1: str, name2: str, pair: PairMatches) -> None:
-        key = pair_key(name1, name2)
-        if key in self.file:
-            del self.file[key]
-        group = self.file.create_group(key)
-        group.create_dataset("matches", data=pair.matches.astype(np.int32).reshape(-1, 2))
-        group.create_dataset("scores", data=pair.scores.astype(np.float32))
-        group.create_dataset("inliers", data=pair.inliers.astype(bool))
-        for key in ("F", "H"):
-            value = getattr(pair, key)
+    def usable(self, name1: str, name2: str, content: tuple[str, str] | None = None) -> bool:
+        """:meth:`has`, and the group reads back with valid checksums (a damaged one is dropped, with a warning)."""
+        if not self.has(name1, name2, content):
+            return False
+        key, what = pair_key(name1, name2), f"matches of {name1} {name2}"
+        reason = self._damaged(key, what)
+        if reason is not None:
+            self._drop_damaged(key, what, reason)
+            return False
+        return True
+
+    def write(self, name1: str, name2: str, pair: PairMatches, content: tuple[str, str] = ("", "")) -> None:
+        """Write (replace) the pair's group; ``content``: SHA-1s of the two image files. Raises StorageError."""
+        arrays = {
+            "matches": pair.matches.astype(np.int32).reshape(-1, 2),
+            "scores": pair.scores.astype(np.float32),
+            "inliers": pair.inliers.astype(bool),
+        }
+        for name in ("F", "H"):
+            value = getattr(pair, name)
             if value is not None:
-                group.create_dataset(key, data=np.asarray(value, np.float64))
-        group.attrs["model"] = pair.model
-        group.attrs["num_inliers"] = pair.num_inliers
-        group.attrs["complete"] = True
-        self.file.flush()
+                arrays[name] = np.asarray(value, np.float64)
+        attrs = {"model": pair.model, "num_inliers": pair.num_inliers, "content1": content[0], "content2": content[1]}
+        self._write_group(pair_key(name1, name2), f"matches of {name1} {name2}", arrays, attrs)
 
     def read(self, name1: str, name2: str) -> PairMatches:
-        group = self.file[pair_key(name1, name2)]
-        return PairMatches(
-            matches=group["matches"][()],
-            scores=group["scores"][()],
-            inliers=group["inliers"][()],
-            F=group["F"][()] if "F" in group else None,
-            H=group["H"][()] if "H" in group else None,
-            model=str(group.attrs["model"]),
-        )
+        """Raises StorageError when the group cannot be read back (checksum, damaged file)."""
+        group = self._read_group(pair_key(name1, name2), f"matches of {name1} {name2}")
+        try:
+            return PairMatches(
+                matches=group["matches"][()],
+                scores=group["scores"][()],
+                inliers=group["inliers"][()],
+                F=group["F"][()] if "F" in group else None,
+                H=group["H"][()] if "H" in group else None,
+                model=str(group.attrs["model"]),
+            )
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise StorageError(
+                f"{self.path}: cannot read matches of {name1} {name2} ({_first_line(exc)}); rerun to recompute"
+            ) from None
 
 
 def write_patch_dataset(

@@ -1,7 +1,10 @@
 """Images: find them in a folder, read them as COLMAP reads them, resize a copy for detection.
 
 * Every file under the folder, recursively, with an image extension (any case) is an image; its name is its
-  path relative to the folder with ``/`` separators, as COLMAP's image reader names it.
+  path relative to the folder with ``/`` separators, as COLMAP's image reader names it. Symbolic links to
+  files are followed; everything else that is not used is named with a reason (:func:`scan_folder`): other
+  files, hidden files and folders, broken links, links to folders (not followed, as COLMAP does not follow
+  them either, and so no loop or escape from the folder), special files, and folders that cannot be listed.
 * Pixels are decoded without applying the EXIF orientation tag, because COLMAP does not apply it either
   (checked: ``pycolmap.Bitmap.read`` returns the stored, unrotated raster). Keypoints therefore refer to the
   same pixels COLMAP and the mapper see.
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ __all__ = [
     "ImageData",
     "list_images",
     "list_other_files",
+    "scan_folder",
     "read_image",
     "resize_for_detection",
 ]
@@ -57,36 +62,70 @@ class ImageData:
         return int(self.gray.shape[0])
 
 
-def list_images(folder: Path) -> list[str]:
-    """Relative names of all images under ``folder`` (recursive, sorted, ``/`` separators).
+def scan_folder(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """Walk ``folder``: (image names, [(name, reason), ...] for every entry that is not used), both sorted.
 
-    Raises:
-        NoImagesError: the folder is missing, not a folder, or holds no image.
+    Names are relative with ``/`` separators (folders end with ``/``). Raises NoImagesError when ``folder`` is
+    missing or not a folder.
     """
     folder = Path(folder)
     if not folder.exists():
         raise NoImagesError(f"{folder}: image folder does not exist")
     if not folder.is_dir():
         raise NoImagesError(f"{folder}: not a folder")
-    names = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )
+    images: list[str] = []
+    skipped: list[tuple[str, str]] = []
+
+    def visit(directory: str, prefix: str) -> None:
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skipped.append((prefix or "./", f"cannot list folder ({exc.strerror or exc})"))
+            return
+        for entry in entries:
+            name, hidden = prefix + entry.name, entry.name.startswith(".")
+            try:
+                if entry.is_symlink() and not os.path.exists(entry.path):
+                    skipped.append((name, "broken symbolic link"))
+                elif entry.is_symlink() and entry.is_dir():
+                    skipped.append((name + "/", "symbolic link to a folder (not followed)"))
+                elif entry.is_dir():
+                    if hidden:
+                        skipped.append((name + "/", "hidden folder (not searched)"))
+                    else:
+                        visit(entry.path, name + "/")
+                elif not entry.is_file():
+                    skipped.append((name, "not a regular file"))
+                elif hidden:
+                    skipped.append((name, "hidden file"))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    images.append(name)
+                else:
+                    skipped.append((name, "not an image file"))
+            except OSError as exc:
+                skipped.append((name, f"cannot inspect ({exc.strerror or exc})"))
+
+    visit(str(folder), "")
+    return sorted(images), sorted(skipped)
+
+
+def list_images(folder: Path) -> list[str]:
+    """Relative names of all images under ``folder`` (recursive, sorted, ``/`` separators; see :func:`scan_folder`).
+
+    Raises:
+        NoImagesError: the folder is missing, not a folder, or holds no image.
+    """
+    names, _ = scan_folder(folder)
     if not names:
         raise NoImagesError(f"{folder}: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return names
 
 
 def list_other_files(folder: Path) -> list[str]:
-    """Relative names of the files under ``folder`` that are not images by their extension (reported as
-    skipped, so users see that e.g. ``K.txt`` was not used)."""
-    folder = Path(folder)
-    return sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS
-    )
+    """Relative names of the entries under ``folder`` that are not used as images (reported as skipped, so
+    users see that e.g. ``K.txt`` was not used); their reasons come from :func:`scan_folder`."""
+    return [name for name, _ in scan_folder(folder)[1]]
 
 
 def _to_gray_uint8(img: Image.Image) -> np.ndarray:
@@ -125,6 +164,8 @@ def read_image(folder: Path, name: str) -> ImageData:
         raise
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a readable image") from None
+    except PermissionError as exc:
+        raise ImageReadError(f"{path}: cannot read file ({exc.strerror})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"{path}: cannot decode image ({reason})") from None

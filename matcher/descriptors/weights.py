@@ -50,12 +50,20 @@ def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
         raise ModelWeightsError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelWeightsError(f"{path}: not a matcher SDGMNet weights file (expected format {FORMAT})")
+    state, meta = blob.get("state_dict"), blob.get("meta", {})
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelWeightsError(f"{path}: 'state_dict' is not a dict of tensors")
+    if not isinstance(meta, dict):
+        raise ModelWeightsError(f"{path}: 'meta' is not a dict (got {type(meta).__name__})")
     model = SDGMNet()
     try:
-        model.load_state_dict(blob["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelWeightsError(f"{path}: weights do not fit SDGMNet ({str(exc).splitlines()[0]})") from None
-    return model.eval(), dict(blob.get("meta", {}))
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelWeightsError(f"{path}: weights hold NaN or infinite values ({', '.join(bad[:3])})")
+    return model.eval(), dict(meta)
 
 
 def save_sdgmnet(model: SDGMNet, path: Path, meta: dict[str, Any]) -> None:

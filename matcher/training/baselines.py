@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 import kornia.feature as KF
 
+from matcher.errors import ModelWeightsError
+
 __all__ = ["describe_with_baseline"]
 
 
@@ -31,7 +33,17 @@ def describe_with_baseline(name: str, patches: torch.Tensor) -> torch.Tensor:
         return _batched(KF.SIFTDescriptor(patch_size=32, rootsift=True), patches)
     if name.startswith("tfeat:"):
         model = KF.TFeat(pretrained=False)
-        state = torch.load(Path(name.split(":", 1)[1]), map_location="cpu", weights_only=False)
-        model.load_state_dict(state)
+        path = Path(name.split(":", 1)[1])
+        try:  # tensors and plain data only: a weights file that needs arbitrary pickled objects is refused
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise ModelWeightsError(f"{path}: not a plain TFeat weights file ({reason})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]  # a training checkpoint ({"epoch", "state_dict"}, e.g. HardTFeat.pth)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            raise ModelWeightsError(f"{path}: weights do not fit TFeat ({str(exc).splitlines()[0][:160]})") from None
         return _batched(model, patches)
     raise ValueError(f"unknown baseline descriptor '{name}' (rootsift, tfeat:<path>)")

@@ -161,6 +161,10 @@ def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipelin
                        overwrite=overwrite, threads=threads, progress=not quiet)
     except MatcherError as exc:
         _fail(exc)
+    except OSError as exc:  # a write no stage anticipated (read-only folder, disk full, I/O error): one line
+        from matcher.errors import StorageError
+
+        _fail(StorageError(f"{exc.filename or out}: {exc.strerror or str(exc).splitlines()[0]}"))
     failed = report.reconstruction is not None and report.reconstruction.registered_images == 0
     _write_json(json_path, "match", 1 if failed else 0, report.to_dict(OutputPaths(out)))
     if not quiet:

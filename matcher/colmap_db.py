@@ -2,8 +2,10 @@
 
 What is written, for every usable image:
 
-* a camera (``SIMPLE_RADIAL`` by default) from ``pycolmap.infer_camera_from_image``: the EXIF focal length is
-  used when present and flagged ``has_prior_focal_length``; otherwise COLMAP's 1.2 × max(w, h) guess, unflagged;
+* a camera (``SIMPLE_RADIAL`` by default) of the size this tool decoded, with the focal length recorded at
+  extraction by :func:`focal_prior` (``pycolmap.infer_camera_from_image``'s: the EXIF focal length when present,
+  flagged ``has_prior_focal_length``, otherwise COLMAP's 1.2 × max(w, h) guess, unflagged; PIL's EXIF for files
+  COLMAP's reader cannot open). No image file is read here, so a file COLMAP cannot decode does not fail the export;
 * a trivial rig (the camera as reference sensor) and a frame holding the image, for every image or none
   (a mix crashes the mapper, colmap#3580);
 * keypoints as N×4 ``[x, y, scale, orientation]`` in COLMAP's convention: the top-left pixel's centre is
@@ -16,7 +18,10 @@ What is written, for every usable image:
   convention.
 
 The file is written under a temporary name and renamed when complete, so a database either is whole or
-does not exist.
+does not exist. No ``DatabaseTransaction`` is used: when a write fails inside one (disk full), SQLite rolls
+back, COLMAP's transaction then fails to commit in a destructor and the process aborts; without it the error is
+an exception, the temporary file and its ``-wal``/``-shm`` are removed and :class:`StorageError` is raised (it
+is as fast here: WAL mode).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import pycolmap
 
 from matcher.config import ExportConfig
-from matcher.errors import ConfigError
+from matcher.errors import ConfigError, StorageError
 from matcher.storage import ImageFeatures, PairMatches
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "write_database",
     "to_colmap_geometry",
     "camera_params",
+    "focal_prior",
     "colmap_keypoints",
     "colmap_descriptors",
     "images_with_cameras",
@@ -76,20 +82,43 @@ def to_colmap_geometry(model: str, geometry: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown geometry model {model}")
 
 
-def _camera(image: DatabaseImage, config: ExportConfig) -> pycolmap.Camera:
-    options = pycolmap.ImageReaderOptions()
-    options.camera_model = config.camera_model
+def focal_prior(path: Path, width: int, height: int) -> tuple[float, bool]:
+    """(focal length in pixels, whether it is an EXIF prior) for an image of ``width`` x ``height`` pixels.
+
+    COLMAP's own answer (``pycolmap.infer_camera_from_image``: EXIF focal length and its sensor database)
+    where COLMAP's reader can open the file; otherwise (a format only PIL decodes, such as WebP or PCX) the
+    EXIF 35 mm-equivalent focal length read by PIL, else COLMAP's guess 1.2 * max(width, height), unflagged.
+    Called once per image at extraction; the result is stored with its features.
+    """
     try:
-        camera = pycolmap.infer_camera_from_image(image.path, options)
-    except Exception as exc:  # pycolmap raises ValueError/RuntimeError for unknown models or unreadable EXIF
-        raise ConfigError(f"{image.path}: cannot create a {config.camera_model} camera ({exc})") from None
+        camera = pycolmap.infer_camera_from_image(Path(path), pycolmap.ImageReaderOptions())
+        if camera.width > 0 and camera.height > 0:
+            # Scaled to our raster in case COLMAP decoded another size (it keeps the focal in its own pixels).
+            scale = max(width, height) / max(camera.width, camera.height)
+            return float(camera.mean_focal_length() * scale), bool(camera.has_prior_focal_length)
+    except Exception:  # noqa: BLE001 (COLMAP cannot read the file: fall back to PIL's EXIF)
+        pass
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            focal_35mm = float(img.getexif().get_ifd(0x8769).get(0xA405, 0) or 0)
+        if focal_35mm > 0:
+            return focal_35mm / 35.0 * max(width, height), True  # COLMAP's 35 mm rule
+    except Exception:  # noqa: BLE001 (no EXIF)
+        pass
+    return 1.2 * max(width, height), False
+
+
+def _camera(image: DatabaseImage, config: ExportConfig) -> pycolmap.Camera:
+    """The camera of an image, from the size we decoded and the focal length recorded at extraction (no file
+    is read here; features without a recorded focal length get :func:`focal_prior` of the file)."""
     w, h = image.features.width, image.features.height
-    if (camera.width, camera.height) != (w, h):
-        # COLMAP decoded another raster size than we did: keep the focal guess, use our size.
-        focal = camera.mean_focal_length()
-        prior = camera.has_prior_focal_length
-        camera = pycolmap.Camera.create_from_model_name(0, config.camera_model, focal, w, h)
-        camera.has_prior_focal_length = prior
+    focal, prior = image.features.focal, image.features.focal_prior
+    if focal <= 0:
+        focal, prior = focal_prior(image.path, w, h)
+    camera = pycolmap.Camera.create_from_model_name(0, config.camera_model, focal, w, h)
+    camera.has_prior_focal_length = prior
     if config.camera_params:  # known intrinsics, as COLMAP's ImageReader applies --ImageReader.camera_params
         camera.params = camera_params(config.camera_model, config.camera_params)
         camera.has_prior_focal_length = True
@@ -196,6 +225,17 @@ def colmap_pairs(pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, i
         yield ColmapPair(id1, id2, matches, int(_CONFIG_OF_MODEL[pair.model]), F, H, inliers)
 
 
+def _remove_partial(tmp_path: Path) -> None:
+    """Delete a temporary database and SQLite's write-ahead log and shared-memory files beside it."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(tmp_path) + suffix).unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
 def write_database(
     db_path: Path,
     images: Iterable[DatabaseImage],
@@ -215,54 +255,54 @@ def write_database(
     """
     db_path = Path(db_path)
     tmp_path = db_path.with_name(db_path.name + ".partial")
-    if tmp_path.exists():
-        tmp_path.unlink()
+    _remove_partial(tmp_path)
     ids: dict[str, int] = {}
     counts = dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
     try:
         with pycolmap.Database.open(tmp_path) as db:
-            with pycolmap.DatabaseTransaction(db):
-                camera_id = rig_id = 0
-                for image, camera in images_with_cameras(images, config):
-                    if camera is not None:
-                        camera_id = db.write_camera(camera)
-                        rig = pycolmap.Rig()
-                        rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
-                        rig_id = db.write_rig(rig)
-                        counts["cameras"] += 1
-                    image_id = db.write_image(pycolmap.Image(name=image.name, camera_id=camera_id))
-                    frame = pycolmap.Frame()
-                    frame.rig_id = rig_id
-                    frame.add_data_id(db.read_image(image_id).data_id)
-                    db.write_frame(frame)
-                    ids[image.name] = image_id
-                    db.write_keypoints(image_id, colmap_keypoints(image.features))
-                    db.write_descriptors(
-                        image_id,
-                        pycolmap.FeatureDescriptors(
-                            type=pycolmap.FeatureExtractorType.SIFT, data=colmap_descriptors(image.features)
-                        ),
-                    )
-                    counts["images"] += 1
-                    counts["keypoints"] += len(image.features)
+            camera_id = rig_id = 0
+            for image, camera in images_with_cameras(images, config):
+                if camera is not None:
+                    camera_id = db.write_camera(camera)
+                    rig = pycolmap.Rig()
+                    rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
+                    rig_id = db.write_rig(rig)
+                    counts["cameras"] += 1
+                image_id = db.write_image(pycolmap.Image(name=image.name, camera_id=camera_id))
+                frame = pycolmap.Frame()
+                frame.rig_id = rig_id
+                frame.add_data_id(db.read_image(image_id).data_id)
+                db.write_frame(frame)
+                ids[image.name] = image_id
+                db.write_keypoints(image_id, colmap_keypoints(image.features))
+                db.write_descriptors(
+                    image_id,
+                    pycolmap.FeatureDescriptors(
+                        type=pycolmap.FeatureExtractorType.SIFT, data=colmap_descriptors(image.features)
+                    ),
+                )
+                counts["images"] += 1
+                counts["keypoints"] += len(image.features)
 
-                for pair in colmap_pairs(pairs, ids):
-                    db.write_matches(pair.id1, pair.id2, pair.matches)
-                    counts["matched_pairs"] += 1
-                    if pair.config is None:
-                        continue
-                    tvg = pycolmap.TwoViewGeometry()
-                    tvg.config = pair.config
-                    if pair.F is not None:
-                        tvg.F = pair.F
-                    if pair.H is not None:
-                        tvg.H = pair.H
-                    tvg.inlier_matches = pair.inlier_matches
-                    db.write_two_view_geometry(pair.id1, pair.id2, tvg)
-                    counts["verified_pairs"] += 1
-                    counts["inlier_matches"] += len(pair.inlier_matches)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+            for pair in colmap_pairs(pairs, ids):
+                db.write_matches(pair.id1, pair.id2, pair.matches)
+                counts["matched_pairs"] += 1
+                if pair.config is None:
+                    continue
+                tvg = pycolmap.TwoViewGeometry()
+                tvg.config = pair.config
+                if pair.F is not None:
+                    tvg.F = pair.F
+                if pair.H is not None:
+                    tvg.H = pair.H
+                tvg.inlier_matches = pair.inlier_matches
+                db.write_two_view_geometry(pair.id1, pair.id2, tvg)
+                counts["verified_pairs"] += 1
+                counts["inlier_matches"] += len(pair.inlier_matches)
+    except BaseException as exc:
+        _remove_partial(tmp_path)
+        if isinstance(exc, RuntimeError) and ("SQLite" in str(exc) or "database" in str(exc)):  # disk full, I/O error, read-only folder
+            raise StorageError(f"{db_path}: cannot write the database ({_first_line(exc)})") from None
         raise
     os.replace(tmp_path, db_path)
     return counts

@@ -43,7 +43,13 @@ def read_pairs_file(path: Path, names: list[str]) -> list[tuple[str, str]]:
         raise PairsFileError(f"{path}: pairs file not found")
     known = set(names)
     pairs: set[tuple[str, str]] = set()
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PairsFileError(f"{path}: not UTF-8 text (byte {exc.start}); expected 'name1 name2' lines") from None
+    except OSError as exc:
+        raise PairsFileError(f"{path}: cannot read the pairs file ({exc.strerror or exc})") from None
+    for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue

@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+import math
+from typing import Any, Callable, ClassVar
 
 from matcher.errors import ConfigError
 
@@ -32,7 +33,39 @@ __all__ = [
     "load_config",
     "config_to_toml",
     "parse_override",
+    "validate_config",
+    "MIN_MAX_EDGE",
 ]
+
+Rule = tuple[Callable[[Any], bool], str]  # (test of a value, what it must be)
+MIN_MAX_EDGE = 64  # smallest images.max_edge other than 0: below it DoG finds next to nothing
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low, f"at least {low}")
+
+
+def _above(low: float) -> Rule:
+    return (lambda v: v > low, f"greater than {low}")
+
+
+def _within(low: float, high: float, open_ends: bool = False) -> Rule:
+    if open_ends:
+        return (lambda v: low < v < high, f"strictly between {low} and {high}")
+    return (lambda v: low <= v <= high, f"between {low} and {high}")
+
+
+def _one_of(*choices: Any) -> Rule:
+    return (lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+
+
+def _camera_model() -> Rule:
+    def known(name: str) -> bool:
+        import pycolmap
+
+        return name in pycolmap.CameraModelId.__members__ and name != "INVALID"
+
+    return (known, "a COLMAP camera model (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, ...)")
 
 
 @dataclass
@@ -45,6 +78,8 @@ class ImagesConfig:
 
     max_edge: int = 1600
     mask_dir: str = ""
+
+    rules: ClassVar[dict[str, Rule]] = {"max_edge": (lambda v: v == 0 or v >= MIN_MAX_EDGE, f"0 (full size) or at least {MIN_MAX_EDGE}")}
 
 
 @dataclass
@@ -65,6 +100,12 @@ class DetectionConfig:
     n_octave_layers: int = 3
     sigma: float = 1.6
 
+    rules: ClassVar[dict[str, Rule]] = {
+        "max_keypoints": _at_least(1), "selection": _one_of("scale", "response"),
+        "contrast_threshold": _at_least(0.0), "edge_threshold": _above(0.0), "n_octave_layers": _at_least(1),
+        "sigma": _above(0.0),
+    }
+
 
 @dataclass
 class PatchConfig:
@@ -72,6 +113,8 @@ class PatchConfig:
 
     magnification: float = 6.0
     patch_size: int = 32
+
+    rules: ClassVar[dict[str, Rule]] = {"magnification": _above(0.0), "patch_size": _one_of(32)}
 
 
 @dataclass
@@ -94,6 +137,12 @@ class DescriptorConfig:
     engine: str = "auto"
     device: str = "auto"
 
+    rules: ClassVar[dict[str, Rule]] = {
+        "name": _one_of("rootsift", "sdgmnet"), "weights": (bool, "a weights file or a shipped model name"),
+        "batch_size": _at_least(1), "precision": _one_of("auto", "fp32", "bf16"),
+        "engine": _one_of("auto", "torch", "openvino"), "device": _one_of("auto", "cpu", "cuda", "mps"),
+    }
+
 
 @dataclass
 class PairsConfig:
@@ -103,6 +152,11 @@ class PairsConfig:
     strategy: str = "exhaustive"
     overlap: int = 10
     pairs_file: str = ""
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "strategy": _one_of("exhaustive", "sequential", "retrieval", "file"), "overlap": _at_least(1),
+        "retrieval_k": _at_least(0), "retrieval_words": _at_least(1),
+    }
 
 
 @dataclass
@@ -126,6 +180,11 @@ class MatchingConfig:
     precision: str = "auto"
     workers: int = 0
 
+    rules: ClassVar[dict[str, Rule]] = {
+        "ratio": _within(0.0, 1.0), "block_size": _at_least(1), "threads": _at_least(0),
+        "precision": _one_of("auto", "fp32", "bf16"), "workers": _at_least(0),
+    }
+
 
 @dataclass
 class VerificationConfig:
@@ -142,6 +201,11 @@ class VerificationConfig:
     max_iterations: int = 10000
     min_inliers: int = 15
     homography_ratio: float = 0.8
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "threshold": _above(0.0), "confidence": _within(0.0, 1.0, open_ends=True), "max_iterations": _at_least(1),
+        "min_inliers": _at_least(8), "homography_ratio": _within(0.0, 1.0),
+    }
 
 
 @dataclass
@@ -161,6 +225,8 @@ class ExportConfig:
     camera_model: str = "SIMPLE_RADIAL"
     single_camera: bool = False
     camera_params: str = ""
+
+    rules: ClassVar[dict[str, Rule]] = {"camera_model": _camera_model()}
     colmap_version: str = ""
 
 
@@ -184,6 +250,12 @@ class MappingConfig:
     min_num_matches: int = 15
     init_min_tri_angle: float = 16.0
     init_max_forward_motion: float = 0.95
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "mapper": _one_of("incremental", "global"), "num_threads": (lambda v: v == -1 or v >= 1, "-1 (all cores) or at least 1"),
+        "min_model_size": _at_least(1), "min_num_matches": _at_least(1), "init_min_tri_angle": _above(0.0),
+        "init_max_forward_motion": _within(0.0, 1.0),
+    }
     refine_intrinsics: bool = True
 
 
@@ -292,7 +364,35 @@ def load_config(
     _merge(config, values, str(path))
     for override in overrides or []:
         _merge(config, override, "command line")
+    validate_config(config)
     return config
+
+
+def validate_config(config: PipelineConfig) -> None:
+    """Check every value's type and range against its section's ``rules`` (one ConfigError naming the key).
+
+    Called when a configuration is loaded and again by :func:`matcher.pipeline.run_match`, before anything
+    is written. Floats must be finite everywhere (``nan`` would silently switch comparisons off).
+    """
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        rules: dict[str, Rule] = getattr(type(values), "rules", {})
+        for item in dataclasses.fields(values):
+            value, default = getattr(values, item.name), item.default
+            where = f"{section.name}.{item.name} = {value!r}"
+            kind = type(default) if default is not dataclasses.MISSING else None
+            if kind is bool and not isinstance(value, bool) or kind is str and not isinstance(value, str):
+                raise ConfigError(f"{where}: expected {kind.__name__}")
+            if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{where}: expected a number")
+            if kind is int and not isinstance(value, int):
+                raise ConfigError(f"{where}: expected a whole number")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{where}: must be a finite number")
+            if item.name in rules:
+                test, text = rules[item.name]
+                if not test(value):
+                    raise ConfigError(f"{where}: must be {text}")
 
 
 def _toml_value(value: Any) -> str:

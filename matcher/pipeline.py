@@ -14,6 +14,7 @@ settings (a fingerprint of the relevant config sections and the descriptor weigh
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -29,19 +30,22 @@ import cv2
 import numpy as np
 import torch
 
-from matcher.colmap_db import DatabaseImage, camera_params, write_database
+from matcher.colmap_db import DatabaseImage, camera_params, focal_prior, write_database
 from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legacy_database
-from matcher.config import PipelineConfig, config_to_toml
-from matcher.descriptors import build_descriptor, descriptor_settings, resolve_weights
+from matcher.config import PipelineConfig, config_to_toml, validate_config
+from matcher.descriptors import build_descriptor, descriptor_settings, load_sdgmnet, resolve_weights
 from matcher.detect import detect_keypoints
-from matcher.errors import ConfigError, DatabaseExistsError, ImageReadError, IncompatibleDatabaseError
-from matcher.images import list_images, list_other_files, read_image, resize_for_detection
+from matcher.errors import (
+    ConfigError, DatabaseExistsError, ImageReadError, IncompatibleDatabaseError, NoImagesError, StorageError,
+)
+from matcher.images import list_images, read_image, resize_for_detection, scan_folder
 from matcher.matching import mutual_nearest_neighbours, similarity_dtype
-from matcher.pairs import make_pairs
+from matcher.output_lock import OutputLock
+from matcher.pairs import make_pairs, read_pairs_file
 from matcher.progress import progress_bar
 from matcher.mapping import ReconstructionSummary, model_path, reconstruct
 from matcher.masks import mask_path, masks_digest, read_mask, resize_mask, unmasked
-from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches
+from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches, ensure_space
 from matcher.threads import thread_budget
 from matcher.undistortion import UndistortSummary, undistort
 from matcher.verify import verify_pair
@@ -146,23 +150,32 @@ MATCH_SECTIONS = FEATURE_SECTIONS + ("matching", "verification")
 
 
 def _open_cache(store_type: type, path: Path, fingerprint: str, overwrite: bool):
-    if path.exists():
-        with store_type(path, "a") as probe:
-            stored = probe.file.attrs.get("fingerprint", None)
-        if stored is not None and stored != fingerprint:
-            if not overwrite:
-                raise IncompatibleDatabaseError(
-                    f"{path}: cached {store_type.kind} were computed with other settings; "
-                    "pass --overwrite to recompute them"
-                )
-            path.unlink()
+    """Open (create) a cache for this run's settings. A cache of other settings that holds results is refused
+    without ``overwrite``; one that holds nothing (a run that failed before computing anything) is reused. The
+    fingerprint is written only when it changes (a write can fail on a full disk)."""
     store = store_type(path, "a")
-    store.file.attrs["fingerprint"] = fingerprint
+    stored = store.file.attrs.get("fingerprint", None)
+    if stored is not None and stored != fingerprint and len(store.file.keys()) > 0:
+        store.close()
+        if not overwrite:
+            raise IncompatibleDatabaseError(
+                f"{path}: cached {store_type.kind} were computed with other settings; "
+                "pass --overwrite to recompute them"
+            )
+        path.unlink()
+        store = store_type(path, "a")
+    if store.file.attrs.get("fingerprint", None) != fingerprint:
+        ensure_space(path, 4096, "the cache's settings")
+        store.file.attrs["fingerprint"] = fingerprint
     return store
 
 
-def _same_content_groups(image_dir: Path, names: list[str]) -> dict[str, str]:
-    """name -> the earlier name it duplicates (same bytes, or the same name up to letter case)."""
+def _same_content_groups(
+    image_dir: Path, names: list[str], hashes: dict[str, str] | None = None
+) -> dict[str, str]:
+    """name -> why it is left out: the earlier name it duplicates (same bytes, or the same name up to letter
+    case), or that it cannot be read. ``hashes`` is filled with the SHA-1 of every file read (the caches'
+    content keys: features and matches of a changed file are recomputed)."""
     seen_hash: dict[str, str] = {}
     seen_lower: dict[str, str] = {}
     duplicate_of: dict[str, str] = {}
@@ -172,7 +185,14 @@ def _same_content_groups(image_dir: Path, names: list[str]) -> dict[str, str]:
             duplicate_of[name] = f"name differs from {seen_lower[lower]} only by letter case"
             continue
         seen_lower[lower] = name
-        digest = hashlib.sha1((image_dir / name).read_bytes()).hexdigest()
+        try:
+            with open(image_dir / name, "rb") as file:
+                digest = hashlib.file_digest(file, "sha1").hexdigest()
+        except OSError as exc:
+            duplicate_of[name] = f"cannot read file ({exc.strerror or exc})"
+            continue
+        if hashes is not None:
+            hashes[name] = digest
         if digest in seen_hash:
             duplicate_of[name] = f"same file content as {seen_hash[digest]}"
             continue
@@ -181,13 +201,18 @@ def _same_content_groups(image_dir: Path, names: list[str]) -> dict[str, str]:
 
 
 def extract_all(
-    image_dir: Path, names: list[str], store: FeatureStore, config: PipelineConfig, report: RunReport, progress: bool
+    image_dir: Path, names: list[str], store: FeatureStore, config: PipelineConfig, report: RunReport, progress: bool,
+    content: dict[str, str] | None = None,
 ) -> None:
-    """Detect and describe every image that the store does not hold yet; record skipped files in ``report``."""
+    """Detect and describe every image that the store does not hold yet; record skipped files in ``report``.
+
+    ``content``: name -> SHA-1 of the file; features computed from other content (the file was edited or
+    replaced) or that fail their checksums are recomputed. Raises StorageError when a write fails.
+    """
     descriptor = None
     bar = progress_bar(names, enabled=progress, desc="extract", unit="img", leave=False)
     for name in bar:
-        if store.has(name):
+        if store.usable(name, content.get(name) if content is not None else None):
             report.images_used.append(name)
             report.images_reused += 1
             continue
@@ -207,6 +232,7 @@ def extract_all(
             log.warning("skipped %s", exc)
             report.skipped.append((name, str(exc).split(": ", 1)[-1]))
             continue
+        focal, has_prior = focal_prior(image_dir / name, image.width, image.height)
         if descriptor is None:
             descriptor = build_descriptor(config.descriptor, config.patches)
         descriptors = descriptor.describe(small, keypoints)
@@ -221,8 +247,11 @@ def extract_all(
                 descriptors=descriptors,
                 width=image.width,
                 height=image.height,
+                focal=focal,
+                focal_prior=has_prior,
             ),
             descriptor=config.descriptor.name,
+            content=content.get(name, "") if content is not None else "",
         )
         report.images_used.append(name)
         log.info("extracted %s (%d keypoints) [%d/%d]", name, len(keypoints), len(report.images_used), len(names))
@@ -260,6 +289,10 @@ def _threshold_px(config: PipelineConfig, f1: ImageFeatures, f2: ImageFeatures) 
     return config.verification.threshold * max(factor(f1), factor(f2))
 
 
+def _pair_content(content: dict[str, str] | None, name1: str, name2: str) -> tuple[str, str]:
+    return (content.get(name1, ""), content.get(name2, "")) if content is not None else ("", "")
+
+
 def match_all(
     pairs: list[tuple[str, str]],
     features: FeatureStore,
@@ -268,8 +301,10 @@ def match_all(
     report: RunReport,
     progress: bool,
     threads: int | None = None,
+    content: dict[str, str] | None = None,
 ) -> None:
-    """Match and verify every pair the store does not hold yet.
+    """Match and verify every pair the store does not hold yet (``content``: name -> SHA-1 of the image file;
+    a pair whose images changed, or whose group fails its checksums, is matched again).
 
     ``matching.workers`` pairs are matched and verified at once in threads (torch, NumPy and OpenCV release
     the GIL), each with ``matching.threads`` torch threads; results are written in pair order by this thread,
@@ -289,7 +324,7 @@ def match_all(
         nonlocal done
         (name1, name2), future = pending.popleft()
         pair = future.result()
-        store.write(name1, name2, pair)
+        store.write(name1, name2, pair, _pair_content(content, name1, name2))
         bar.update(1)
         done += 1
         log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
@@ -304,7 +339,7 @@ def match_all(
     pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
     try:
         for name1, name2 in pairs:
-            if store.has(name1, name2):
+            if store.usable(name1, name2, _pair_content(content, name1, name2) if content is not None else None):
                 report.pairs_reused += 1
                 bar.update(1)
                 done += 1
@@ -338,6 +373,52 @@ def _database_pairs(
         yield name1, name2, pair
 
 
+def _guarded_output(run):  # noqa: ANN001, ANN202 (a decorator keeping run_match's signature)
+    """``run_match`` inside one writer's lock on the output (:class:`matcher.output_lock.OutputLock`).
+
+    Folders created for the output are removed again if the run leaves them empty, and a run that finds no
+    usable image removes the files it created: such a run writes nothing.
+    """
+
+    @functools.wraps(run)
+    def guarded(image_dir: Path, db_path: Path, *args, **kwargs) -> RunReport:  # noqa: ANN002, ANN003
+        paths = OutputPaths(Path(db_path))
+        created_dirs = [d for d in (paths.database.parent, *paths.database.parent.parents) if not d.exists()]
+        created_files = [p for p in (paths.config, paths.features, paths.matches) if not p.exists()]
+        try:
+            paths.database.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{paths.database.parent}: cannot create the output folder ({exc.strerror or exc})") from None
+        lock = OutputLock(paths.database).acquire()
+        try:
+            return run(image_dir, db_path, *args, **kwargs)
+        except NoImagesError:
+            for path in created_files:
+                path.unlink(missing_ok=True)
+            raise
+        finally:
+            lock.release()
+            for folder in created_dirs:  # deepest first; only empty ones go
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+    return guarded
+
+
+def _check_inputs(config: PipelineConfig, names: list[str], reconstruct_dir: Path | None) -> None:
+    """Errors in the options and the files they name, found before anything is written."""
+    validate_config(config)
+    if reconstruct_dir is not None and Path(reconstruct_dir).exists() and not Path(reconstruct_dir).is_dir():
+        raise ConfigError(f"{reconstruct_dir}: --reconstruct needs a folder, this is a file")
+    if config.pairs.strategy == "file" and config.pairs.pairs_file:
+        read_pairs_file(Path(config.pairs.pairs_file), names)
+    if config.descriptor.name == "sdgmnet":
+        load_sdgmnet(config.descriptor.weights)  # bad types, NaN weights: ModelWeightsError before any write
+
+
+@_guarded_output
 def run_match(
     image_dir: Path,
     db_path: Path,
@@ -359,13 +440,17 @@ def run_match(
         threads: thread budget (None: CPU affinity capped by ``OMP_NUM_THREADS``, :mod:`matcher.threads`).
 
     Raises:
-        NoImagesError: the folder is missing or has no image (nothing is written).
+        NoImagesError: the folder is missing or has no usable image (nothing is written, nothing replaced).
+        OutputBusyError: another run is writing ``db_path``.
+        StorageError: a file cannot be written (disk full, I/O error, permissions): caches stay consistent,
+            a rerun resumes.
         DatabaseExistsError: the database exists and ``overwrite`` is False (nothing is written).
         ConfigError: bad camera parameters, a missing mask folder, ``undistort_dir`` without ``reconstruct_dir``.
     """
     image_dir, paths = Path(image_dir), OutputPaths(Path(db_path))
     report = RunReport()
     names = list_images(image_dir)
+    _check_inputs(config, names, reconstruct_dir)
     _check_outputs_options(config, names, reconstruct_dir, undistort_dir)
     budget = thread_budget(threads)
     if paths.database.exists() and not overwrite:
@@ -382,10 +467,11 @@ def run_match(
     np.random.seed(config.mapping.seed)
 
     report.images_found = len(names)
-    for name in list_other_files(image_dir):
-        log.warning("skipped %s: not an image file", image_dir / name)
-        report.skipped.append((name, "not an image file"))
-    duplicates = _same_content_groups(image_dir, names)
+    for name, reason in scan_folder(image_dir)[1]:
+        log.warning("skipped %s: %s", image_dir / name, reason)
+        report.skipped.append((name, reason))
+    hashes: dict[str, str] = {}
+    duplicates = _same_content_groups(image_dir, names, hashes)
     for name, reason in duplicates.items():
         log.warning("skipped %s: %s", image_dir / name, reason)
         report.skipped.append((name, reason))
@@ -395,14 +481,16 @@ def run_match(
     t0 = time.perf_counter()
     with _open_cache(FeatureStore, paths.features, feature_fp, overwrite) as features:
         with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads):
-            extract_all(image_dir, candidates, features, config, report, progress)
+            extract_all(image_dir, candidates, features, config, report, progress, content=hashes)
+        if not report.images_used:
+            raise NoImagesError(f"{image_dir}: no usable image ({len(report.skipped)} file(s) skipped, see above)")
         t1 = time.perf_counter()
         report.timings["extract"] = t1 - t0
         used = sorted(report.images_used)
         pairs = make_pairs(config.pairs, used, names)
         report.pairs = len(pairs)
         with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
-            match_all(pairs, features, matches, config, report, progress, threads=budget)
+            match_all(pairs, features, matches, config, report, progress, threads=budget, content=hashes)
             report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
             t2 = time.perf_counter()
             report.timings["match"] = t2 - t1

@@ -89,6 +89,9 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
         out.append({"pairs": {"strategy": "sequential", "overlap": flags["overlap"]}})
     if flags.get("pairs"):
         out.append({"pairs": {"strategy": "file", "pairs_file": str(flags["pairs"])}})
+    if flags.get("retrieval") is not None:  # alone: retrieval pairs only; with --overlap/--pairs: added to theirs
+        alone = flags.get("overlap") is None and not flags.get("pairs")
+        out.append({"pairs": {"retrieval_k": flags["retrieval"], **({"strategy": "retrieval"} if alone else {})}})
     return out
 
 
@@ -117,6 +120,9 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--upright", is_flag=True, default=False, help="Ignore keypoint orientation.")
 @click.option("--overlap", type=int, default=None, help="Sequential pairs: each image with the next N.")
 @click.option("--pairs", type=click.Path(path_type=Path), default=None, help="Pairs file: 'name1 name2' per line.")
+@click.option("--retrieval", type=int, default=None, metavar="K",
+              help="Retrieval pairs: each image with its K most similar (VLAD of its own descriptors); "
+                   "with --overlap or --pairs, added to those.")
 @click.option("--ratio", type=float, default=None, help="Lowe ratio test threshold (0: off).")
 @click.option("--min-inliers", type=int, default=None, help="Inliers needed for a verified pair.")
 @click.option("--camera-model", default=None, help="COLMAP camera model (SIMPLE_RADIAL, PINHOLE, OPENCV, ...).")

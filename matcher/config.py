@@ -147,11 +147,16 @@ class DescriptorConfig:
 @dataclass
 class PairsConfig:
     """Which image pairs to match: ``exhaustive``, ``sequential`` (each image with the next ``overlap``
-    images in name order) or ``file`` (``pairs_file``: one ``name1 name2`` per line)."""
+    images in name order), ``retrieval`` (each image with its ``retrieval_k`` most similar images by a VLAD of
+    its own descriptors over a ``retrieval_words``-word codebook, see matcher.retrieval) or ``file``
+    (``pairs_file``: one ``name1 name2`` per line). With ``sequential`` or ``file``, ``retrieval_k`` > 0 adds
+    the retrieved pairs to the strategy's own (0: none)."""
 
     strategy: str = "exhaustive"
     overlap: int = 10
     pairs_file: str = ""
+    retrieval_k: int = 0
+    retrieval_words: int = 64
 
     rules: ClassVar[dict[str, Rule]] = {
         "strategy": _one_of("exhaustive", "sequential", "retrieval", "file"), "overlap": _at_least(1),
@@ -393,6 +398,8 @@ def validate_config(config: PipelineConfig) -> None:
                 test, text = rules[item.name]
                 if not test(value):
                     raise ConfigError(f"{where}: must be {text}")
+    if config.pairs.strategy == "retrieval" and config.pairs.retrieval_k < 1:
+        raise ConfigError("pairs.strategy = 'retrieval' needs pairs.retrieval_k >= 1 (--retrieval K)")
 
 
 def _toml_value(value: Any) -> str:

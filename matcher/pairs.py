@@ -1,5 +1,7 @@
-"""Image pairs to match: exhaustive, sequential with an overlap, or read from a file.
+"""Image pairs to match: exhaustive, sequential with an overlap, read from a file, or by retrieval.
 
+Retrieval (:mod:`matcher.retrieval`) pairs each image with its ``retrieval_k`` most similar images; with the
+``sequential`` or ``file`` strategy a ``retrieval_k`` above 0 adds those pairs to the strategy's own.
 Every pair is returned once, as ``(name1, name2)`` with ``name1 < name2``, sorted; pairs are over the
 images that have features (skipped images are left out).
 """
@@ -7,6 +9,9 @@ images that have features (skipped images are left out).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from matcher.config import PairsConfig
 from matcher.errors import ConfigError, PairsFileError
@@ -66,19 +71,47 @@ def read_pairs_file(path: Path, names: list[str]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
-def make_pairs(config: PairsConfig, names: list[str], all_names: list[str] | None = None) -> list[tuple[str, str]]:
+def make_pairs(
+    config: PairsConfig,
+    names: list[str],
+    all_names: list[str] | None = None,
+    descriptors: Callable[[str], np.ndarray] | None = None,
+) -> list[tuple[str, str]]:
     """Pairs among ``names`` by the configured strategy.
 
     ``all_names`` are every image of the folder, usable ones or not: a pairs file may name a skipped image.
+    ``descriptors``: name -> the image's local descriptors (n, D), needed for retrieval.
     """
+    if config.retrieval_k < 0:
+        raise ConfigError(f"pairs.retrieval_k must be 0 (off) or more, got {config.retrieval_k}")
     if config.strategy == "exhaustive":
         return exhaustive_pairs(names)
+    if config.strategy == "retrieval":
+        if config.retrieval_k < 1:
+            raise ConfigError("pairs.strategy = 'retrieval' needs pairs.retrieval_k >= 1 (--retrieval K)")
+        return _retrieved(config, names, descriptors)
     if config.strategy == "sequential":
-        return sequential_pairs(names, config.overlap)
-    if config.strategy == "file":
+        pairs = sequential_pairs(names, config.overlap)
+    elif config.strategy == "file":
         if not config.pairs_file:
             raise ConfigError("pairs.strategy = 'file' needs pairs.pairs_file (--pairs FILE)")
         usable = set(names)
         pairs = read_pairs_file(Path(config.pairs_file), all_names or names)
-        return [p for p in pairs if p[0] in usable and p[1] in usable]
-    raise ConfigError(f"unknown pairs.strategy '{config.strategy}'; known: exhaustive, sequential, file")
+        pairs = [p for p in pairs if p[0] in usable and p[1] in usable]
+    else:
+        raise ConfigError(
+            f"unknown pairs.strategy '{config.strategy}'; known: exhaustive, sequential, retrieval, file"
+        )
+    if config.retrieval_k > 0:
+        pairs = sorted(set(pairs) | set(_retrieved(config, names, descriptors)))
+    return pairs
+
+
+def _retrieved(
+    config: PairsConfig, names: list[str], descriptors: Callable[[str], np.ndarray] | None
+) -> list[tuple[str, str]]:
+    from matcher.retrieval import retrieval_pairs
+
+    if descriptors is None:
+        raise ConfigError("retrieval pairs need the images' descriptors (features.h5)")
+    return retrieval_pairs(names, descriptors, config.retrieval_k, words=config.retrieval_words)

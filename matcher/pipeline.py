@@ -487,7 +487,8 @@ def run_match(
         t1 = time.perf_counter()
         report.timings["extract"] = t1 - t0
         used = sorted(report.images_used)
-        pairs = make_pairs(config.pairs, used, names)
+        # Pairs are not in the match fingerprint: a pair's matches do not depend on which other pairs are matched.
+        pairs = make_pairs(config.pairs, used, names, descriptors=lambda name: features.read(name).descriptors)
         report.pairs = len(pairs)
         with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
             match_all(pairs, features, matches, config, report, progress, threads=budget, content=hashes)

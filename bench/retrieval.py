@@ -1,0 +1,200 @@
+"""Retrieval pairs (``match --retrieval K``) against exhaustive pairs on the shared scenes.
+
+For each scene (default ``castle-P30``, ``lund``, ``monstree`` of ../shared/data/scenes), in one process:
+
+1. **Exhaustive**: ``run_match`` with the preset (default ``rootsift``, for speed) and ``pairs.strategy =
+   "exhaustive"``, in a fresh folder, then mapping (``--mapper``: incremental for castle-P30 and monstree,
+   global for lund, a street walked forwards). The reference pairs are those the exhaustive run verified with
+   at least ``--min-inliers`` (50) inliers, read back from its matches.h5.
+2. **Retrieval recall**: ``retrieval_pairs`` on the exhaustive run's features.h5 (codebook, VLAD, top-K: what
+   ``match --retrieval K`` computes; timed), then the whole VLAD ranking, so that recall (reference pairs among
+   the retrieved / reference pairs) is shown for each K of ``--ks`` (5 10 20) with the smallest K that reaches
+   95 %. Beside it the **oracle**: the same top-K union when each image ranks the others by the exhaustive
+   run's own inlier counts, the ceiling of any top-K retrieval (an image with more than K reference partners
+   can only get the rest from their own top-K lists).
+3. **Retrieval run**: ``run_match`` with ``pairs.strategy = "retrieval"``, ``retrieval_k`` = ``--k`` (10) in a
+   second folder that starts with a copy of the exhaustive features.h5 (extraction is not repeated; every
+   retrieved pair is matched anew), then the same mapping. Registered images of the largest model are compared.
+
+Times are wall clock on a shared 2-core machine: compare them within a scene (load average printed).
+
+Run from the repository root:  python bench/retrieval.py [--scenes castle-P30 lund monstree] [--preset rootsift]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+MAPPERS = {"castle-P30": "incremental", "lund": "global", "monstree": "incremental"}
+
+
+def reference_pairs(matches_h5: Path, pairs: list[tuple[str, str]], min_inliers: int) -> set[tuple[str, str]]:
+    """Pairs of an exhaustive run verified with at least ``min_inliers`` inliers."""
+    from matcher.storage import MatchStore
+
+    with MatchStore(matches_h5, "r") as store:
+        return {
+            (a, b) for a, b in pairs
+            if (m := store.read(a, b)).model != "none" and m.num_inliers >= min_inliers
+        }
+
+
+def oracle_ranking(matches_h5: Path, names: list[str]) -> np.ndarray:
+    """(N, N - 1): each image's others by the exhaustive run's verified inlier count, most first (ties: index).
+
+    The best any top-K retrieval could do: its recall at K bounds every retrieval's recall at K.
+    """
+    from matcher.pairs import exhaustive_pairs
+    from matcher.storage import MatchStore
+
+    index = {name: i for i, name in enumerate(names)}
+    inliers = np.zeros((len(names), len(names)))
+    with MatchStore(matches_h5, "r") as store:
+        for a, b in exhaustive_pairs(names):
+            pair = store.read(a, b)
+            inliers[index[a], index[b]] = inliers[index[b], index[a]] = pair.num_inliers if pair.model != "none" else 0
+    np.fill_diagonal(inliers, -1)
+    return np.argsort(-inliers, axis=1, kind="stable")[:, : len(names) - 1]
+
+
+def run(image_dir: Path, db: Path, config: Any) -> tuple[Any, float]:
+    from matcher.pipeline import run_match
+
+    t0 = time.perf_counter()
+    report = run_match(image_dir, db, config, overwrite=True, reconstruct_dir=db.with_suffix(".sparse"),
+                       progress=False)
+    return report, time.perf_counter() - t0
+
+
+def bench_scene(scene: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from matcher.config import load_config
+    from matcher.pairs import exhaustive_pairs
+    from matcher.retrieval import (
+        global_descriptors, learn_codebook, pairs_from_neighbours, retrieval_pairs, top_k_neighbours,
+    )
+    from matcher.storage import FeatureStore
+
+    image_dir = common.shared_data() / "scenes" / scene / "images"
+    mapper = args.mapper or MAPPERS.get(scene, "incremental")
+    out: dict[str, Any] = {"scene": scene, "mapper": mapper, "load_start": common.load_average()}
+
+    config = load_config(args.preset)
+    config.mapping.mapper = mapper
+    config.pairs.strategy = "exhaustive"
+    ex_db = workdir / scene / "exhaustive.db"
+    ex_db.parent.mkdir(parents=True, exist_ok=args.reuse)
+    ex_report, out["exhaustive_s"] = run(image_dir, ex_db, config)
+    names = sorted(ex_report.images_used)
+    all_pairs = exhaustive_pairs(names)
+    reference = reference_pairs(ex_db.with_name("exhaustive.matches.h5"), all_pairs, args.min_inliers)
+    degrees = sorted(sum(name in p for p in reference) for name in names)
+    out["degrees"] = f"{degrees[0]}-{degrees[len(degrees) // 2]}-{degrees[-1]}"
+    out.update(images=len(names), exhaustive_pairs=len(all_pairs), reference=len(reference),
+               exhaustive_registered=ex_report.reconstruction.registered_images,
+               exhaustive_match_s=ex_report.timings["match"])
+
+    features_h5 = ex_db.with_name("exhaustive.features.h5")
+    with FeatureStore(features_h5, "r") as store:
+        read = lambda n: store.read(n).descriptors  # noqa: E731
+        t0 = time.perf_counter()
+        retrieval_pairs(names, read, args.k, words=args.words)  # what `match --retrieval K` computes, timed
+        out["retrieval_pairs_s"] = time.perf_counter() - t0
+        codebook = learn_codebook(names, read, words=args.words)
+        ranking = top_k_neighbours(global_descriptors(names, read, codebook), len(names) - 1)
+    oracle = oracle_ranking(ex_db.with_name("exhaustive.matches.h5"), names)
+    recall: dict[int, dict[str, Any]] = {}
+    for k in range(1, len(names)):
+        pairs = set(pairs_from_neighbours(names, ranking[:, :k]))
+        best = set(pairs_from_neighbours(names, oracle[:, :k]))
+        recall[k] = dict(pairs=len(pairs), found=len(reference & pairs), oracle=len(reference & best),
+                         missed=sorted(reference - pairs))
+    out["recall"] = recall
+    out["k95"] = next((k for k in recall if recall[k]["found"] >= 0.95 * len(reference)), None)
+    out["k95_oracle"] = next((k for k in recall if recall[k]["oracle"] >= 0.95 * len(reference)), None)
+
+    config.pairs.strategy, config.pairs.retrieval_k, config.pairs.retrieval_words = "retrieval", args.k, args.words
+    rt_db = workdir / scene / "retrieval.db"
+    shutil.copy(features_h5, rt_db.with_name("retrieval.features.h5"))
+    rt_report, out["retrieval_s"] = run(image_dir, rt_db, config)
+    out.update(retrieval_pairs=rt_report.pairs, retrieval_registered=rt_report.reconstruction.registered_images,
+               retrieval_match_s=rt_report.timings["match"], load_end=common.load_average())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes", nargs="+", default=["castle-P30", "lund", "monstree"])
+    parser.add_argument("--preset", default="rootsift")
+    parser.add_argument("--k", type=int, default=10, help="K of the retrieval run")
+    parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="K values for the recall table")
+    parser.add_argument("--words", type=int, default=64, help="codebook size (pairs.retrieval_words)")
+    parser.add_argument("--min-inliers", type=int, default=50, help="inliers of a reference pair")
+    parser.add_argument("--mapper", choices=["incremental", "global"], default=None,
+                        help="mapper for every scene (default: global for lund, incremental otherwise)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the outputs here (default: a temp folder)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse the features and matches cached in --workdir by an earlier run (times are then "
+                             "not those of a fresh run)")
+    args = parser.parse_args()
+    if args.k not in args.ks:
+        args.ks = sorted(set(args.ks) | {args.k})
+
+    common.set_threads(args.threads)
+    print(common.machine_notes())
+    print(f"command: {common.command_line()}\n")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        for scene in args.scenes:
+            results.append(bench_scene(scene, args, workdir))
+            r = results[-1]
+            print(f"{scene}: done (exhaustive {r['exhaustive_s']:.0f} s, retrieval {r['retrieval_s']:.0f} s, "
+                  f"load {r['load_end']})", flush=True)
+
+    print(f"\n### Recall of the pairs exhaustive matching verifies with >= {args.min_inliers} inliers "
+          f"(preset {args.preset}, {args.words} words)\n")
+    headers = ["scene", "images", "exhaustive pairs", f"reference pairs (>= {args.min_inliers} inliers)",
+               "reference pairs per image (min-median-max)"]
+    headers += [f"K={k}: pairs, recall (oracle)" for k in args.ks]
+    headers += ["smallest K with recall >= 95 % (oracle)", f"retrieval time K={args.k} (s)"]
+    rows = []
+    for r in results:
+        row = [r["scene"], r["images"], r["exhaustive_pairs"], r["reference"], r["degrees"]]
+        for k in args.ks:
+            rec = r["recall"][min(k, r["images"] - 1)]
+            share = rec["found"] / r["reference"] if r["reference"] else 1.0
+            best = rec["oracle"] / r["reference"] if r["reference"] else 1.0
+            row.append(f"{rec['pairs']}, {100 * share:.1f} % ({100 * best:.1f} %)")
+        row.append(f"{r['k95']} ({r['k95_oracle']})")
+        row.append(f"{r['retrieval_pairs_s']:.1f}")
+        rows.append(row)
+    print(common.markdown_table(headers, rows))
+
+    print(f"\n### Reconstruction: exhaustive pairs against --retrieval {args.k}\n")
+    headers = ["scene", "mapper", "pairs matched (exhaustive / retrieval)", "registered (exhaustive)",
+               "registered (retrieval)", "matching time (s, exhaustive / retrieval)", "load average (start / end)"]
+    rows = [[r["scene"], r["mapper"], f"{r['exhaustive_pairs']} / {r['retrieval_pairs']}",
+             f"{r['exhaustive_registered']}/{r['images']}", f"{r['retrieval_registered']}/{r['images']}",
+             f"{r['exhaustive_match_s']:.1f} / {r['retrieval_match_s']:.1f}", f"{r['load_start']} / {r['load_end']}"]
+            for r in results]
+    print(common.markdown_table(headers, rows))
+    for r in results:
+        missed = r["recall"][min(args.k, r["images"] - 1)]["missed"]
+        if missed:
+            print(f"\n{r['scene']}: reference pairs missed at K={args.k}: " + ", ".join(f"{a}-{b}" for a, b in missed))
+
+
+if __name__ == "__main__":
+    main()

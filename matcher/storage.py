@@ -156,7 +156,7 @@ class _Store:
             if mode != "r":
                 self._drop_incomplete()
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            if mode == "r" or "lock" in str(exc).lower() or not self.path.is_file():
+            if mode == "r" or "unable to lock" in str(exc).lower() or not self.path.is_file():
                 raise IncompatibleDatabaseError(
                     f"{self.path}: cannot open {self.kind} file ({_first_line(exc)})"
                 ) from None

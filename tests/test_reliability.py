@@ -144,6 +144,13 @@ def test_zeroed_bytes_in_features_are_recomputed_never_read_as_data(tiny: Path, 
     output = _run(tiny, db, "-v")
     assert "damaged features of 0004.jpg" in output and output.count("extracted ") == 1, output
     assert _dump(db) == reference["dump"]
+    # A file cut in half (unopenable): recreated with a warning.
+    with open(features, "r+b") as f:
+        f.truncate(features.stat().st_size // 2)
+    db.unlink()
+    output = _run(tiny, db)
+    assert "damaged features file" in output and "recomputing it" in output, output
+    assert _dump(db) == reference["dump"]
     # 4 KiB of zeros in the middle of the file, wherever they land: a recompute or a clear error.
     size = features.stat().st_size
     with open(features, "r+b") as f:

@@ -302,7 +302,7 @@ def write_legacy_database(
 
     db_path = Path(db_path)
     tmp_path = db_path.with_name(db_path.name + ".partial")
-    tmp_path.unlink(missing_ok=True)
+    _discard(tmp_path)
     ids: dict[str, int] = {}
     counts = dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
     try:
@@ -330,11 +330,28 @@ def write_legacy_database(
                 db.write_two_view_geometry(pair.id1, pair.id2, pair.config, pair.inlier_matches, F=pair.F, H=pair.H)
                 counts["verified_pairs"] += 1
                 counts["inlier_matches"] += len(pair.inlier_matches)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp_path)
+        _raise_storage_error(exc, db_path)
         raise
     os.replace(tmp_path, db_path)
     return counts
+
+
+def _discard(tmp_path: Path) -> None:
+    """Remove a partial database and SQLite's files beside it (as :mod:`matcher.colmap_db` does)."""
+    from matcher.colmap_db import _remove_partial  # one home for the list of SQLite's side files
+
+    _remove_partial(tmp_path)
+
+
+def _raise_storage_error(exc: BaseException, db_path: Path) -> None:
+    """A failed write (disk full, I/O error, read-only folder) as one line, like ``write_database``."""
+    from matcher.errors import StorageError
+
+    if isinstance(exc, (sqlite3.Error, OSError)) and not isinstance(exc, FileExistsError):
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"{db_path}: cannot write the database ({text})") from None
 
 
 def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwrite: bool = False) -> str:
@@ -359,7 +376,7 @@ def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwri
         upgrade_database(in_path, out_path)
         return schema
     tmp_path = out_path.with_name(out_path.name + ".partial")
-    tmp_path.unlink(missing_ok=True)
+    _discard(tmp_path)
     try:
         with LegacyDatabase(tmp_path) as db:
             for record in read_database_records(in_path):
@@ -391,8 +408,9 @@ def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwri
                 elif kind == "geometry":
                     g = record[1]
                     db.write_two_view_geometry(g.id1, g.id2, g.config, g.inlier_matches, g.F, g.E, g.H, g.qvec, g.tvec)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
+    except BaseException as exc:
+        _discard(tmp_path)
+        _raise_storage_error(exc, out_path)
         raise
     os.replace(tmp_path, out_path)
     return schema

@@ -59,6 +59,19 @@ def _one_of(*choices: Any) -> Rule:
     return (lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
 
 
+def _colmap_version() -> Rule:
+    def known(text: str) -> bool:
+        from matcher.colmap_legacy_db import parse_colmap_version  # the one parser of versions
+
+        try:
+            parse_colmap_version(text)
+        except ConfigError:
+            return False
+        return True
+
+    return (known, "empty (the installed pycolmap's schema) or a COLMAP version from 3.0 on, e.g. 3.8 or 3.12")
+
+
 def _camera_model() -> Rule:
     def known(name: str) -> bool:
         import pycolmap
@@ -231,8 +244,9 @@ class ExportConfig:
     single_camera: bool = False
     camera_params: str = ""
 
-    rules: ClassVar[dict[str, Rule]] = {"camera_model": _camera_model()}
     colmap_version: str = ""
+
+    rules: ClassVar[dict[str, Rule]] = {"camera_model": _camera_model(), "colmap_version": _colmap_version()}
 
 
 @dataclass

@@ -295,3 +295,32 @@ def test_binary_exhaustive_matcher_matches_our_descriptors(castle_for_binary, tm
         matched = c.execute("SELECT COUNT(*) FROM matches WHERE rows > 0").fetchone()[0]
         verified = c.execute("SELECT COUNT(*) FROM two_view_geometries WHERE rows >= 15").fetchone()[0]
     assert matched == 55 and verified >= 45, (matched, verified)
+
+
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing(run, tmp_path: Path) -> None:
+    """The 3.8 writer fails as ``write_database`` does: one line, no partial file, the caches reused next time."""
+    import resource
+    import signal
+    import sys
+
+    images, _, legacy, _ = run
+    db = tmp_path / "legacy.db"
+    for suffix in (".features.h5", ".matches.h5"):
+        shutil.copy(legacy.with_name(f"legacy{suffix}"), tmp_path / f"legacy{suffix}")
+    limit = legacy.stat().st_size // 2
+
+    def file_size_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    cmd = [sys.executable, "-m", "matcher", "match", str(images), "--out", str(db), "--pipeline", "rootsift",
+           "--max-edge", "640", "--max-keypoints", "512", "--colmap-version", "3.8", "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=file_size_limit, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write the database" in errors[0], out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("legacy.db")) == []
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    for table in TABLES:
+        assert _rows(db, table) == _rows(legacy, table), table

@@ -25,7 +25,7 @@ import torch
 from matcher.descriptors import describe_patches, load_sdgmnet
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
-from matcher.training.gt_tracks import build_tracks, detect_views
+from matcher.training.gt_tracks import Tracks, build_tracks, detect_views
 from matcher.training.hard_benchmark import (
     ANGLE_BINS,
     SCALE_BINS,
@@ -33,6 +33,7 @@ from matcher.training.hard_benchmark import (
     bin_metrics,
     opencv_rootsift_describer,
     positive_pairs,
+    ratio_test_curve,
     score_pairs,
     view_patches,
 )
@@ -48,6 +49,9 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="Only the --model descriptors.")
     parser.add_argument("--json", type=Path, default=None, help="Write the table as JSON too.")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ratios", default="", help="Comma-separated ratio-test thresholds to tabulate.")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="Folder for the scenes' tracks (reused when present; keypoints are re-detected).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = args.model or ["models/sdgmnet.pt"]
@@ -67,7 +71,15 @@ def main() -> None:
     for scene in args.scenes:
         scene_dir = SHARED / "scenes" / scene
         views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir))
-        tracks = build_tracks(views)
+        cached = args.cache / f"{scene}-tracks.npz" if args.cache else None
+        if cached is not None and cached.is_file():
+            with np.load(cached) as f:
+                tracks = Tracks(f["points"], f["track"], f["view"], f["keypoint"])
+        else:
+            tracks = build_tracks(views)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cached, points=tracks.points, track=tracks.track, view=tracks.view, keypoint=tracks.keypoint)
         pairs = positive_pairs(views, tracks)
         counts[scene] = {"views": len(views), "tracks": len(tracks), "observations": int(tracks.track.size),
                          "pairs": len(pairs)}
@@ -86,7 +98,8 @@ def main() -> None:
             scores[names[-1]].append(score_pairs(views, pairs, [describe(v) for v in views]))
     angle_all, ratio_all = np.concatenate(angle), np.concatenate(ratio)
     pooled = {n: DirectedScores(*(np.concatenate([getattr(s, f) for s in scores[n]])
-                                  for f in ("positive", "hardest", "spatial", "rank"))) for n in names}
+                                  for f in ("positive", "hardest", "spatial", "rank", "first",
+                                                                   "second", "first_correct"))) for n in names}
     bins = [(f"{lo:g}-{hi:g}°", (angle_all >= lo) & (angle_all < hi)) for lo, hi in ANGLE_BINS]
     bins += [(f"scale {lo:g}-{hi:g}" if np.isfinite(hi) else f"scale ≥{lo:g}", (ratio_all >= lo) & (ratio_all < hi))
              for lo, hi in SCALE_BINS]
@@ -104,6 +117,17 @@ def main() -> None:
     print("|---|" + "---:|" * len(bins))
     for n in names:
         print(f"| {n} | " + " | ".join(f"{result['bins'][label][n]['map']:.3f}" for label, _ in bins) + " |")
+    if args.ratios:
+        ratios = [float(r) for r in args.ratios.split(",")]
+        print("\nNearest neighbour + ratio test over all directed pairs (recall / precision):\n")
+        print("| descriptor | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |")
+        print("|---|" + "---:|" * len(ratios))
+        everything = np.ones(angle_all.size, bool)
+        for n in names:
+            curve = ratio_test_curve(pooled[n], everything, ratios)
+            result.setdefault("ratio_test", {})[n] = curve
+            print(f"| {n} | " + " | ".join(f"{100 * c['recall']:.1f}% / {100 * c['precision']:.1f}%" for c in curve)
+                  + " |")
     print(f"\n{result['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

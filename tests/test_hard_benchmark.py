@@ -16,6 +16,7 @@ from matcher.training.hard_benchmark import (
     bin_metrics,
     opencv_rootsift_describer,
     positive_pairs,
+    ratio_test_curve,
     score_pairs,
 )
 from matcher.training.homography_patches import load_photo
@@ -82,6 +83,8 @@ def test_benchmark_separates_a_real_descriptor_from_a_random_one(plane_scene: li
     assert good["map"] > 0.6 and bad["map"] < 0.05
     assert good["fpr95"] < bad["fpr95"]
     assert bad["fpr95"] > 0.8  # random scores: almost every hard negative passes the 95%-recall threshold
+    strict, loose = ratio_test_curve(real, small, [0.7, 0.95])
+    assert strict["precision"] > loose["precision"] and strict["recall"] < loose["recall"]
     # Wider baselines are harder for RootSIFT.
     assert bin_metrics(real, angle >= 30)["map"] < good["map"]
 

@@ -51,13 +51,33 @@ def dataset_scene(images: Path, out: Path, work: Path | None, sparse: Path | Non
     click.echo(f"{out}: {len(patch_set)} patches of {patch_set.num_identities} 3D points")
 
 
+@dataset_group.command("cameras")
+@click.argument("scene", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Patch dataset to write.")
+@click.option("--pipeline", default="default", show_default=True, help="Preset whose detector and patches are used.")
+def dataset_cameras(scene: Path, out: Path, pipeline: str) -> None:
+    """Patches of descriptor-free tracks of SCENE (images/ plus ground-truth cameras): wide-baseline positives."""
+    from matcher.config import load_config
+    from matcher.training.datasets import build_camera_dataset
+
+    try:
+        patch_set = build_camera_dataset(scene, out, load_config(pipeline))
+    except MatcherError as exc:
+        _fail(exc)
+    click.echo(f"{out}: {len(patch_set)} patches of {patch_set.num_identities} tracks")
+
+
 @dataset_group.command("homography")
 @click.argument("photos", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Patch dataset to write.")
 @click.option("--warps", type=int, default=3, show_default=True, help="Random warps per photo.")
 @click.option("--max-keypoints", type=int, default=1500, show_default=True, help="Keypoints per photo.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the warps.")
-def dataset_homography(photos: tuple[str, ...], out: Path, warps: int, max_keypoints: int, seed: int) -> None:
+@click.option("--jpeg", "jpeg_prob", type=float, default=0.0, show_default=True,
+              help="Probability that a warped image is re-encoded as JPEG (quality 30-90).")
+@click.option("--max-side", type=int, default=640, show_default=True, help="Downscale photos to this longer side.")
+def dataset_homography(photos: tuple[str, ...], out: Path, warps: int, max_keypoints: int, seed: int,
+                       jpeg_prob: float, max_side: int) -> None:
     """Self-supervised patches: random homographies of PHOTOS (image files, folders, or scikit-image names)."""
     from matcher.images import list_images
     from matcher.training.datasets import build_homography_dataset
@@ -66,7 +86,8 @@ def dataset_homography(photos: tuple[str, ...], out: Path, warps: int, max_keypo
     for photo in photos:
         path = Path(photo)
         expanded.extend(str(path / n) for n in list_images(path)) if path.is_dir() else expanded.append(photo)
-    patch_set = build_homography_dataset(expanded, out, warps_per_photo=warps, max_keypoints=max_keypoints, seed=seed)
+    patch_set = build_homography_dataset(expanded, out, warps_per_photo=warps, max_keypoints=max_keypoints, seed=seed,
+                                         jpeg_prob=jpeg_prob, max_side=max_side)
     click.echo(f"{out}: {len(patch_set)} patches of {patch_set.num_identities} keypoints")
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "concat_patch_sets",
     "build_scene_dataset",
     "build_homography_dataset",
+    "build_camera_dataset",
     "reconstruct_scene",
 ]
 
@@ -64,6 +65,31 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
         label_offset += int(s.labels.max()) + 1 if len(s) else 0
         photo_offset += len(s.names)
     return PatchSet(torch.cat(patches), torch.cat(labels), torch.cat(photo), torch.cat(view), tuple(names))
+
+
+def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig | None = None,
+                         images: Sequence[str] | None = None) -> PatchSet:
+    """Patches of the descriptor-free tracks of a scene with cameras (:mod:`matcher.training.gt_tracks`).
+
+    Args:
+        scene_dir: a shared scene with ``images/`` and ground-truth cameras (``gt_dense_cameras/`` or ``cameras/``).
+        out_path: the patch dataset to write.
+        config: pipeline settings (detector, ``images.max_edge``, magnification); default preset by default.
+        images: only these images (default: every image with a camera).
+    """
+    from matcher.training.gt_cameras import load_scene_cameras
+    from matcher.training.gt_tracks import build_tracks, detect_views, tracks_to_patch_set
+
+    config = config or load_config("default")
+    cameras = load_scene_cameras(Path(scene_dir))
+    if images is not None:
+        cameras = {name: P for name, P in cameras.items() if name in set(images)}
+    views = detect_views(Path(scene_dir) / "images", cameras, config.detection, config.images.max_edge)
+    tracks = build_tracks(views)
+    patch_set = tracks_to_patch_set(views, tracks, config.patches.magnification)
+    save_patch_set(patch_set, out_path, source=f"camera tracks of {scene_dir}", magnification=config.patches.magnification)
+    log.info("%s: %d patches of %d tracks", out_path, len(patch_set), patch_set.num_identities)
+    return patch_set
 
 
 def reconstruct_scene(image_dir: Path, work_dir: Path, config: PipelineConfig, progress: bool = True) -> Path:
@@ -113,10 +139,13 @@ def build_homography_dataset(
     max_keypoints: int = 1024,
     seed: int = 0,
     magnification: float = 6.0,
+    jpeg_prob: float = 0.0,
+    max_side: int = 640,
 ) -> PatchSet:
     """Self-supervised patches from random homographies of ``photos`` (paths or scikit-image sample names)."""
     patch_set = make_homography_patches(
         tuple(photos), n_warps=warps_per_photo, max_keypoints=max_keypoints, seed=seed, magnification=magnification,
+        jpeg_prob=jpeg_prob, max_side=max_side,
     )
     save_patch_set(patch_set, out_path, source=f"homographies of {len(photos)} photos", magnification=magnification)
     return patch_set

@@ -21,7 +21,7 @@ A descriptor is any function ``View -> (N, 128)`` unit rows for all keypoints of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "DirectedScores",
     "score_pairs",
     "bin_metrics",
+    "ratio_test_curve",
     "view_patches",
     "patch_describer",
     "opencv_rootsift_describer",
@@ -105,13 +106,18 @@ class DirectedScores:
     """Scores of the directed positive pairs (2M: a→b then b→a) for one descriptor.
 
     ``positive`` (2M,), ``hardest`` (2M,) the most similar non-matching candidate, ``spatial`` (2M, S) the
-    spatial-neighbour negatives (NaN where view b has fewer), ``rank`` (2M,) rank of the positive (1 = first).
+    spatial-neighbour negatives (NaN where view b has fewer), ``rank`` (2M,) rank of the positive (1 = first);
+    for the ratio test, ``first``/``second`` (2M,) the two highest similarities over all of view b's keypoints
+    and ``first_correct`` (2M,) whether the first lies in q's exclusion zone (a correct nearest neighbour).
     """
 
     positive: np.ndarray
     hardest: np.ndarray
     spatial: np.ndarray
     rank: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    first_correct: np.ndarray
 
 
 def score_pairs(
@@ -138,6 +144,9 @@ def score_pairs(
     hardest = np.full(n, -np.inf)
     spatial = np.full((n, spatial_negatives), np.nan)
     rank = np.ones(n, np.int64)
+    first = np.zeros(n)
+    second = np.zeros(n)
+    first_correct = np.zeros(n, bool)
     desc = [torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32)) for d in descriptors]
     for b in np.unique(dst_v):
         rows_all = np.flatnonzero(dst_v == b)
@@ -155,12 +164,37 @@ def score_pairs(
             positive[rows] = pos.numpy()
             hardest[rows] = sims_neg.max(1).values.numpy()
             rank[rows] = 1 + (sims_neg > pos[:, None]).sum(1).numpy()
+            top = sims.topk(min(2, sims.shape[1]), dim=1)
+            first[rows] = top.values[:, 0].numpy()
+            second[rows] = top.values[:, -1].numpy()
+            first_correct[rows] = excluded.gather(1, top.indices[:, :1])[:, 0].numpy()
             k = min(spatial_negatives, xy_b.shape[0])
             nearest = dist.masked_fill(excluded, np.inf).topk(k, dim=1, largest=False)
             vals = sims.gather(1, nearest.indices)
             vals[~torch.isfinite(nearest.values)] = float("nan")
             spatial[rows, :k] = vals.numpy()
-    return DirectedScores(positive, hardest, spatial, rank)
+    return DirectedScores(positive, hardest, spatial, rank, first, second, first_correct)
+
+
+def ratio_test_curve(scores: DirectedScores, in_bin: np.ndarray, ratios: Sequence[float]) -> list[dict[str, float]]:
+    """Nearest-neighbour matching with Lowe's ratio test (distance ratio of the first to the second nearest
+    keypoint of view b, unit descriptors: d² = 2 − 2s) for the directed pairs of ``in_bin``.
+
+    Returns:
+        per ratio: ``recall`` (correct first neighbours that pass / pairs) and ``precision`` (correct / passing).
+    """
+    rows = np.flatnonzero(in_bin)
+    d1 = np.sqrt(np.maximum(2.0 - 2.0 * scores.first[rows], 0.0))
+    d2 = np.sqrt(np.maximum(2.0 - 2.0 * scores.second[rows], 1e-12))
+    ratio = d1 / d2
+    correct = scores.first_correct[rows]
+    out = []
+    for r in ratios:
+        passing = ratio < r
+        n = int(passing.sum())
+        out.append({"ratio": float(r), "recall": float((passing & correct).sum() / max(rows.size, 1)),
+                    "precision": float((passing & correct).sum() / n) if n else float("nan")})
+    return out
 
 
 def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:

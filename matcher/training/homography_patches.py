@@ -164,6 +164,13 @@ def homography_jacobian(H: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.n
     return mapped, J
 
 
+def _jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Re-encode as JPEG at a random quality in [30, 90]."""
+    quality = int(rng.integers(30, 91))
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE) if ok else img
+
+
 def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random gain, bias, gamma, blur and noise on a uint8 image."""
     x = img.astype(np.float32) / 255.0
@@ -210,6 +217,7 @@ def make_homography_patches(
     min_views: int = 2,
     max_side: int = 640,
     min_scale: float = 1.6,
+    jpeg_prob: float = 0.0,
 ) -> PatchSet:
     """Build a deterministic patch set from photos under random homographies.
 
@@ -224,6 +232,8 @@ def make_homography_patches(
         min_views: drop identities with fewer views.
         max_side: downscale photos so that their longer side is at most this.
         min_scale: drop keypoints with a smaller sigma (tiny blobs are mostly noise at 32×32).
+        jpeg_prob: probability that a warped image is also re-encoded as JPEG (quality 30-90), after the
+            photometric changes (illumination, blur, noise).
 
     Returns:
         :class:`PatchSet`; labels are 0..M-1 in photo order, views of one identity are contiguous
@@ -257,6 +267,8 @@ def make_homography_patches(
             warped = cv2.warpPerspective(gray, H, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             if photometric:
                 warped = _photometric(warped, rng)
+            if jpeg_prob > 0 and rng.random() < jpeg_prob:
+                warped = _jpeg(warped, rng)
             c_new, J = homography_jacobian(H, lafs_src[:, :, 2])
             A_new = np.einsum("nij,njk->nik", J, lafs_src[:, :, :2])
             A_new, c_new = _perturb(A_new, c_new, rng, frame_noise)

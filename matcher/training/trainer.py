@@ -26,7 +26,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from matcher.descriptors.learned import describe_patches
 from matcher.descriptors.sdgmnet import SDGMNet
@@ -34,6 +33,7 @@ from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
 from matcher.errors import ConfigError
 from matcher.losses import SmartMiningLoss, get_loss
 from matcher.losses.ddtas import DDTASLoss
+from matcher.progress import progress_bar
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
@@ -315,7 +315,7 @@ def train(
     )
     meta_stream = meta_sampler.batches(10**9) if meta_sampler is not None else None
     model.train()
-    bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", disable=not progress)
+    bar = progress_bar(total=config.steps, initial=start, enabled=progress, desc="train", unit="step")  # terminal only
     last_loss = float("nan")
     step = start
     for step, batch in enumerate(_batches(config, loss, model, data, train_idx, start), start=start):

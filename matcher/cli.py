@@ -147,7 +147,7 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--undistort", "undistort_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --reconstruct: undistorted images and PINHOLE model in DIR (images/, sparse/, stereo/).")
 @click.option("--text", is_flag=True, default=False, help="Also write the models as COLMAP text files.")
-@click.option("--threads", type=int, default=None,
+@click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads to use (default: the CPUs this process may run on, capped by OMP_NUM_THREADS).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary to this JSON file.")

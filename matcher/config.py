@@ -72,6 +72,16 @@ def _colmap_version() -> Rule:
     return (known, "empty (the installed pycolmap's schema) or a COLMAP version from 3.0 on, e.g. 3.8 or 3.12")
 
 
+def _camera_params() -> Rule:
+    def numbers(text: str) -> bool:
+        try:
+            return text == "" or all(math.isfinite(float(v)) for v in text.split(","))
+        except ValueError:
+            return False
+
+    return (numbers, "empty or comma-separated numbers, e.g. \"1500,800,533,0\" for SIMPLE_RADIAL's f,cx,cy,k")
+
+
 def _camera_model() -> Rule:
     def known(name: str) -> bool:
         import pycolmap
@@ -246,7 +256,9 @@ class ExportConfig:
 
     colmap_version: str = ""
 
-    rules: ClassVar[dict[str, Rule]] = {"camera_model": _camera_model(), "colmap_version": _colmap_version()}
+    rules: ClassVar[dict[str, Rule]] = {
+        "camera_model": _camera_model(), "colmap_version": _colmap_version(), "camera_params": _camera_params(),
+    }
 
 
 @dataclass

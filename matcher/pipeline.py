@@ -528,6 +528,8 @@ def _check_outputs_options(
     """Option errors found before anything is written (ConfigError)."""
     if undistort_dir is not None and reconstruct_dir is None:
         raise ConfigError("--undistort needs --reconstruct DIR (the model to undistort)")
+    if undistort_dir is not None and Path(undistort_dir).exists() and not Path(undistort_dir).is_dir():
+        raise ConfigError(f"{undistort_dir}: --undistort needs a folder, this is a file")
     if config.export.camera_params:
         camera_params(config.export.camera_model, config.export.camera_params)
     mask_dir = config.images.mask_dir

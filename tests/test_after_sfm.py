@@ -100,19 +100,32 @@ def test_known_intrinsics_are_a_prior_and_stay_fixed_in_mapping(run: Path, small
         assert list(camera.params) == expected  # bundle adjustment left them alone
 
 
-def test_bad_camera_params_are_a_one_line_error_before_anything_is_written(small_scene: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("params, message", [
+    ("1500,800", "a SIMPLE_RADIAL camera takes 4 numbers: f, cx, cy, k"),
+    ("1500,800,533,zero", "export.camera_params"),
+    ("1500,800,533,nan", "export.camera_params"),
+])
+def test_bad_camera_params_are_a_one_line_error_before_anything_is_written(
+    small_scene: Path, tmp_path: Path, params: str, message: str
+) -> None:
     result = CliRunner().invoke(match_command, [str(small_scene), "--out", str(tmp_path / "db.db"),
-                                                "--camera-params", "1500,800", *FAST])
-    assert result.exit_code == 2
-    assert "a SIMPLE_RADIAL camera takes 4 numbers: f, cx, cy, k" in result.output
+                                                "--camera-params", params, *FAST])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_undistort_without_reconstruct_is_exit_2(small_scene: Path, tmp_path: Path) -> None:
+def test_undistort_without_reconstruct_or_into_a_file_is_exit_2(small_scene: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(match_command, [str(small_scene), "--out", str(tmp_path / "db.db"),
                                                 "--undistort", str(tmp_path / "dense"), *FAST])
     assert result.exit_code == 2 and "--undistort needs --reconstruct" in result.output
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(match_command, [str(small_scene), "--out", str(tmp_path / "out" / "db.db"),
+                                                "--reconstruct", str(tmp_path / "sparse"), "--undistort",
+                                                str(tmp_path / "file"), *FAST])
+    assert result.exit_code == 2 and "is a file" in result.output  # click's check (the API has its own)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 @pytest.fixture(scope="module")

@@ -156,8 +156,9 @@ def test_exit_codes_0_and_2(two_photos: Path, run_json: tuple[Path, dict]) -> No
     out, _ = run_json
     refused = CliRunner().invoke(match_command, [str(two_photos), "--out", str(out / "db.db"), *FAST])
     assert refused.exit_code == 2 and "database exists" in refused.output  # a user error: nothing replaced
-    bad = CliRunner().invoke(match_command, [str(two_photos), "--out", str(out / "x.db"), "--threads", "x"])
-    assert bad.exit_code == 2
+    for threads in ("x", "0"):
+        bad = CliRunner().invoke(match_command, [str(two_photos), "--out", str(out / "x.db"), "--threads", threads])
+        assert bad.exit_code == 2 and not (out / "x.db").exists()
 
 
 def test_quiet_on_every_subcommand(two_photos: Path, tmp_path: Path) -> None:

@@ -100,6 +100,21 @@ def test_known_intrinsics_are_a_prior_and_stay_fixed_in_mapping(run: Path, small
         assert list(camera.params) == expected  # bundle adjustment left them alone
 
 
+@pytest.mark.parametrize("fixed", [True, False])
+def test_global_mapper_keeps_known_intrinsics_fixed_only_when_asked(run: Path, small_scene: Path, fixed: bool) -> None:
+    db = run / "known.db"  # written by the test above
+    if not db.is_file():
+        pytest.skip("needs test_known_intrinsics_are_a_prior_and_stay_fixed_in_mapping")
+    out = run / f"global_{fixed}"
+    _invoke(main, ["reconstruct", db, small_scene, out, "--mapper", "global", "-q"]
+            + (["--fix-intrinsics"] if fixed else []))
+    model = pycolmap.Reconstruction(out / "0")
+    assert model.num_reg_images() == 4
+    expected = [float(v) for v in KNOWN.split(",")]
+    same = [list(camera.params) == expected for camera in model.cameras.values()]
+    assert all(same) if fixed else not any(same)
+
+
 @pytest.mark.parametrize("params, message", [
     ("1500,800", "a SIMPLE_RADIAL camera takes 4 numbers: f, cx, cy, k"),
     ("1500,800,533,zero", "export.camera_params"),

@@ -10,11 +10,14 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from matcher.config import MappingConfig, PipelineConfig, load_config
-from matcher.mapping import ReconstructionSummary, model_path
+from matcher.mapping import ReconstructionSummary
 from matcher.undistortion import UndistortSummary
+
+if TYPE_CHECKING:
+    from matcher.pipeline import RunReport
 
 __all__ = ["match", "reconstruct", "undistort"]
 
@@ -50,7 +53,7 @@ def match(
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
-):
+) -> RunReport:
     """``match IMAGES --out OUT``: features, matches and a COLMAP database, optionally SfM and undistortion.
 
     Args:
@@ -109,6 +112,3 @@ def undistort(
     from matcher.undistortion import undistort as run_undistort
 
     return run_undistort(Path(model), Path(images), Path(out), text=text, threads=threads)
-
-
-__all__ += ["model_path"]

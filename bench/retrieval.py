@@ -11,7 +11,8 @@ For each scene (default ``castle-P30``, ``lund``, ``monstree`` of ../shared/data
    the retrieved / reference pairs) is shown for each K of ``--ks`` (5 10 20) with the smallest K that reaches
    95 %. Beside it the **oracle**: the same top-K union when each image ranks the others by the exhaustive
    run's own inlier counts, the ceiling of any top-K retrieval (an image with more than K reference partners
-   can only get the rest from their own top-K lists).
+   can only get the rest from their own top-K lists). Where the photos carry EXIF GPS, the recall of
+   ``--retrieval K --gps G`` (``--gps``, default 3) too.
 3. **Retrieval run**: ``run_match`` with ``pairs.strategy = "retrieval"``, ``retrieval_k`` = ``--k`` (10) in a
    second folder that starts with a copy of the exhaustive features.h5 (extraction is not repeated; every
    retrieved pair is matched anew), then the same mapping. Registered images of the largest model are compared.
@@ -79,6 +80,7 @@ def run(image_dir: Path, db: Path, config: Any) -> tuple[Any, float]:
 
 def bench_scene(scene: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from matcher.config import load_config
+    from matcher.gps import gps_pairs, gps_position
     from matcher.pairs import exhaustive_pairs
     from matcher.retrieval import (
         global_descriptors, learn_codebook, pairs_from_neighbours, retrieval_pairs, top_k_neighbours,
@@ -122,23 +124,46 @@ def bench_scene(scene: str, args: argparse.Namespace, workdir: Path) -> dict[str
     out["recall"] = recall
     out["k95"] = next((k for k in recall if recall[k]["found"] >= 0.95 * len(reference)), None)
     out["k95_oracle"] = next((k for k in recall if recall[k]["oracle"] >= 0.95 * len(reference)), None)
+    positions = {n: p for n in names if (p := gps_position(image_dir / n)) is not None}
+    if positions:  # --retrieval K --gps G: the retrieved pairs and each located image's G nearest by EXIF GPS
+        with_gps = set(pairs_from_neighbours(names, ranking[:, : args.k])) | set(gps_pairs(names, positions, args.gps))
+        out["gps"] = dict(located=len(positions), pairs=len(with_gps), found=len(reference & with_gps))
 
     config.pairs.strategy, config.pairs.retrieval_k, config.pairs.retrieval_words = "retrieval", args.k, args.words
     rt_db = workdir / scene / "retrieval.db"
     shutil.copy(features_h5, rt_db.with_name("retrieval.features.h5"))
     rt_report, out["retrieval_s"] = run(image_dir, rt_db, config)
     out.update(retrieval_pairs=rt_report.pairs, retrieval_registered=rt_report.reconstruction.registered_images,
-               retrieval_match_s=rt_report.timings["match"], load_end=common.load_average())
+               retrieval_match_s=rt_report.timings["match"], load_end=common.load_average(),
+               reused=ex_report.pairs_reused == ex_report.pairs and rt_report.pairs_reused == rt_report.pairs)
     return out
+
+
+def synthetic_index(n: int, words: int, dim: int, k: int) -> dict[str, Any]:
+    """Time and peak memory of the top-K search over ``n`` random unit float16 VLADs (``words`` x ``dim``)."""
+    from matcher.retrieval import top_k_neighbours
+
+    rng = np.random.default_rng(0)
+    index = np.empty((n, words * dim), np.float16)
+    for r0 in range(0, n, 1024):
+        rows = rng.standard_normal((min(1024, n - r0), words * dim), dtype=np.float32)
+        index[r0:r0 + len(rows)] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    with common.PeakRSS() as mem:
+        t0 = time.perf_counter()
+        neighbours = top_k_neighbours(index, k)
+        seconds = time.perf_counter() - t0
+    return dict(n=n, index_mib=index.nbytes / common.MiB, seconds=seconds, delta=mem.delta, peak=mem.peak,
+                shape=neighbours.shape)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes", nargs="+", default=["castle-P30", "lund", "monstree"])
+    parser.add_argument("--scenes", nargs="*", default=["castle-P30", "lund", "monstree"])
     parser.add_argument("--preset", default="rootsift")
     parser.add_argument("--k", type=int, default=10, help="K of the retrieval run")
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="K values for the recall table")
     parser.add_argument("--words", type=int, default=64, help="codebook size (pairs.retrieval_words)")
+    parser.add_argument("--gps", type=int, default=3, help="G of the --retrieval K --gps G recall column")
     parser.add_argument("--min-inliers", type=int, default=50, help="inliers of a reference pair")
     parser.add_argument("--mapper", choices=["incremental", "global"], default=None,
                         help="mapper for every scene (default: global for lund, incremental otherwise)")
@@ -147,6 +172,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse the features and matches cached in --workdir by an earlier run (times are then "
                              "not those of a fresh run)")
+    parser.add_argument("--synthetic", type=int, nargs="*", default=[],
+                        help="also time the top-K search over this many random VLADs (memory check, e.g. 10000)")
     args = parser.parse_args()
     if args.k not in args.ks:
         args.ks = sorted(set(args.ks) | {args.k})
@@ -155,6 +182,11 @@ def main() -> None:
     print(common.machine_notes())
     print(f"command: {common.command_line()}\n")
     results = []
+    for n in args.synthetic:
+        r = synthetic_index(n, args.words, 128, args.k)
+        print(f"top-{args.k} search over {n} random VLADs ({args.words} x 128, float16 index {r['index_mib']:.0f} MiB): "
+              f"{r['seconds']:.1f} s, peak RSS +{r['delta']:.0f} MiB above the index ({r['peak']:.0f} MiB absolute), "
+              f"load {common.load_average()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or Path(tmp)
         for scene in args.scenes:
@@ -168,7 +200,8 @@ def main() -> None:
     headers = ["scene", "images", "exhaustive pairs", f"reference pairs (>= {args.min_inliers} inliers)",
                "reference pairs per image (min-median-max)"]
     headers += [f"K={k}: pairs, recall (oracle)" for k in args.ks]
-    headers += ["smallest K with recall >= 95 % (oracle)", f"retrieval time K={args.k} (s)"]
+    headers += [f"K={args.k} + GPS {args.gps}: pairs, recall", "smallest K with recall >= 95 % (oracle)",
+                f"retrieval time K={args.k} (s)"]
     rows = []
     for r in results:
         row = [r["scene"], r["images"], r["exhaustive_pairs"], r["reference"], r["degrees"]]
@@ -177,6 +210,9 @@ def main() -> None:
             share = rec["found"] / r["reference"] if r["reference"] else 1.0
             best = rec["oracle"] / r["reference"] if r["reference"] else 1.0
             row.append(f"{rec['pairs']}, {100 * share:.1f} % ({100 * best:.1f} %)")
+        gps = r.get("gps")
+        row.append(f"{gps['pairs']}, {100 * gps['found'] / max(1, r['reference']):.1f} % ({gps['located']} with GPS)"
+                   if gps else "no GPS")
         row.append(f"{r['k95']} ({r['k95_oracle']})")
         row.append(f"{r['retrieval_pairs_s']:.1f}")
         rows.append(row)
@@ -187,7 +223,8 @@ def main() -> None:
                "registered (retrieval)", "matching time (s, exhaustive / retrieval)", "load average (start / end)"]
     rows = [[r["scene"], r["mapper"], f"{r['exhaustive_pairs']} / {r['retrieval_pairs']}",
              f"{r['exhaustive_registered']}/{r['images']}", f"{r['retrieval_registered']}/{r['images']}",
-             f"{r['exhaustive_match_s']:.1f} / {r['retrieval_match_s']:.1f}", f"{r['load_start']} / {r['load_end']}"]
+             "(reused from --workdir)" if r["reused"] else f"{r['exhaustive_match_s']:.1f} / {r['retrieval_match_s']:.1f}",
+             f"{r['load_start']} / {r['load_end']}"]
             for r in results]
     print(common.markdown_table(headers, rows))
     for r in results:

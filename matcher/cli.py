@@ -92,6 +92,8 @@ def _overrides(**flags: Any) -> list[dict[str, dict[str, Any]]]:
     if flags.get("retrieval") is not None:  # alone: retrieval pairs only; with --overlap/--pairs: added to theirs
         alone = flags.get("overlap") is None and not flags.get("pairs")
         out.append({"pairs": {"retrieval_k": flags["retrieval"], **({"strategy": "retrieval"} if alone else {})}})
+    if flags.get("gps") is not None:
+        out.append({"pairs": {"gps_k": flags["gps"]}})
     return out
 
 
@@ -123,6 +125,8 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--retrieval", type=int, default=None, metavar="K",
               help="Retrieval pairs: each image with its K most similar (VLAD of its own descriptors); "
                    "with --overlap or --pairs, added to those.")
+@click.option("--gps", type=int, default=None, metavar="K",
+              help="Also pair each image with its K nearest by EXIF GPS position (with --retrieval/--overlap/--pairs).")
 @click.option("--ratio", type=float, default=None, help="Lowe ratio test threshold (0: off).")
 @click.option("--min-inliers", type=int, default=None, help="Inliers needed for a verified pair.")
 @click.option("--camera-model", default=None, help="COLMAP camera model (SIMPLE_RADIAL, PINHOLE, OPENCV, ...).")

@@ -173,17 +173,19 @@ class PairsConfig:
     images in name order), ``retrieval`` (each image with its ``retrieval_k`` most similar images by a VLAD of
     its own descriptors over a ``retrieval_words``-word codebook, see matcher.retrieval) or ``file``
     (``pairs_file``: one ``name1 name2`` per line). With ``sequential`` or ``file``, ``retrieval_k`` > 0 adds
-    the retrieved pairs to the strategy's own (0: none)."""
+    the retrieved pairs to the strategy's own (0: none). ``gps_k`` > 0 adds to any strategy's pairs each image
+    with its ``gps_k`` nearest images by EXIF GPS position (images without GPS get none; see matcher.gps)."""
 
     strategy: str = "exhaustive"
     overlap: int = 10
     pairs_file: str = ""
     retrieval_k: int = 0
     retrieval_words: int = 64
+    gps_k: int = 0
 
     rules: ClassVar[dict[str, Rule]] = {
         "strategy": _one_of("exhaustive", "sequential", "retrieval", "file"), "overlap": _at_least(1),
-        "retrieval_k": _at_least(0), "retrieval_words": _at_least(1),
+        "retrieval_k": _at_least(0), "retrieval_words": _at_least(1), "gps_k": _at_least(0),
     }
 
 

@@ -2,6 +2,8 @@
 
 Retrieval (:mod:`matcher.retrieval`) pairs each image with its ``retrieval_k`` most similar images; with the
 ``sequential`` or ``file`` strategy a ``retrieval_k`` above 0 adds those pairs to the strategy's own.
+``gps_k`` above 0 adds, to any strategy's pairs, each image with its ``gps_k`` nearest by EXIF GPS
+(:mod:`matcher.gps`).
 Every pair is returned once, as ``(name1, name2)`` with ``name1 < name2``, sorted; pairs are over the
 images that have features (skipped images are left out).
 """
@@ -76,12 +78,31 @@ def make_pairs(
     names: list[str],
     all_names: list[str] | None = None,
     descriptors: Callable[[str], np.ndarray] | None = None,
+    image_dir: Path | None = None,
 ) -> list[tuple[str, str]]:
-    """Pairs among ``names`` by the configured strategy.
+    """Pairs among ``names`` by the configured strategy (plus GPS neighbours when ``gps_k`` > 0).
 
     ``all_names`` are every image of the folder, usable ones or not: a pairs file may name a skipped image.
-    ``descriptors``: name -> the image's local descriptors (n, D), needed for retrieval.
+    ``descriptors``: name -> the image's local descriptors (n, D), needed for retrieval. ``image_dir``: the
+    folder of the images, needed for GPS.
     """
+    pairs = _strategy_pairs(config, names, all_names, descriptors)
+    if config.gps_k > 0 and config.strategy != "exhaustive":
+        from matcher.gps import gps_pairs, gps_position
+
+        if image_dir is None:
+            raise ConfigError("GPS pairs need the image folder")
+        positions = {n: p for n in names if (p := gps_position(Path(image_dir) / n)) is not None}
+        pairs = sorted(set(pairs) | set(gps_pairs(names, positions, config.gps_k)))
+    return pairs
+
+
+def _strategy_pairs(
+    config: PairsConfig,
+    names: list[str],
+    all_names: list[str] | None,
+    descriptors: Callable[[str], np.ndarray] | None,
+) -> list[tuple[str, str]]:
     if config.retrieval_k < 0:
         raise ConfigError(f"pairs.retrieval_k must be 0 (off) or more, got {config.retrieval_k}")
     if config.strategy == "exhaustive":

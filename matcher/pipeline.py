@@ -488,7 +488,8 @@ def run_match(
         report.timings["extract"] = t1 - t0
         used = sorted(report.images_used)
         # Pairs are not in the match fingerprint: a pair's matches do not depend on which other pairs are matched.
-        pairs = make_pairs(config.pairs, used, names, descriptors=lambda name: features.read(name).descriptors)
+        pairs = make_pairs(config.pairs, used, names, descriptors=lambda name: features.read(name).descriptors,
+                           image_dir=image_dir)
         report.pairs = len(pairs)
         with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
             match_all(pairs, features, matches, config, report, progress, threads=budget, content=hashes)

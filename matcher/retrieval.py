@@ -6,22 +6,24 @@ gets from its own local descriptors (the run's features.h5), computed in three s
 
 1. **Codebook**: k-means (OpenCV ``cv2.kmeans``, k-means++ seeding, OpenCV's RNG seeded) on a bounded sample of
    the collection's descriptors: at most ``max_images`` images spread evenly over the sorted names, the same
-   number of randomly drawn descriptors from each (``max_samples`` in all). OpenCV is already a dependency, and
-   with the sample bounded (32,768 x 128 against 64 words) k-means takes a few seconds; neither scikit-learn's
-   MiniBatchKMeans nor faiss would earn a new dependency at that size.
+   number of randomly drawn descriptors from each (``max_samples`` = 32,768 in all, 25 iterations).
+   OpenCV is already a dependency and, with the sample bounded, k-means takes about 2 s here (32,768 x 128
+   against 64 words); scikit-learn (MiniBatchKMeans) or faiss would add a dependency for no gain at that size.
 2. **VLAD** per image (Jégou et al. 2010, with the normalisations of Arandjelović & Zisserman, "All about VLAD",
    2013): each local descriptor is assigned to its nearest word; per word, the sum of residuals
    ``x - c_word``; signed square root (power law 0.5, damps bursts of repeated structure); each word's block
    L2-normalised (intra-normalisation); the whole vector L2-normalised. Stored as float16.
-3. **Top-k**: dot products of a block of ``block`` query rows against all N (in column chunks), a stable sort
-   of each row (ties by index), its first ``k`` other images. Pairs are the symmetric union: ``(i, j)`` is kept
-   if j is among i's k or i among j's k, so at most N k pairs.
+3. **Top-k**: dot products of ``block`` query rows against all N (in column chunks of ``block`` rows); in each
+   row the k best other images, ties to the lower index (a partition, then a stable sort of the few
+   candidates). Pairs are the symmetric union: ``(i, j)`` is kept if j is among i's k or i among j's k, so at
+   most N k pairs.
 
-Memory, stated for N images, W words and D-dimensional local descriptors: codebook W x D float32 (64 x 128:
-32 KiB); index N x W D float16 (N = 10,000, W = 64, D = 128: 156 MiB); similarity block ``block`` x N float32
-(256 x 10,000: 10 MiB) plus one float32 column chunk of the index (``block`` x W D: 8 MiB). Never N x N.
-Time: one read of each image's descriptors (plus at most ``max_images`` reads for the sample), N x W x n_i
-flops for the assignments, N^2 x W D / 2... for the products (10,000 images: about 8e11 flops, tens of seconds).
+Memory, for N images, W words and D-dimensional local descriptors: codebook W x D float32 (64 x 128: 32 KiB);
+index N x W D float16 (N = 10,000, W = 64, D = 128: 156 MiB); the search adds a ``block`` x N float32 score
+block (512 x 10,000: 20 MiB) and float32 copies of ``block`` index rows (16 MiB each); measured +103 MiB above
+the index at N = 10,000 (bench/retrieval.py ``--synthetic``). Never an N x N matrix. Time: one descriptor read
+per image (plus at most ``max_images`` for the sample), about 20 ms of VLAD per image of 4096 descriptors, and
+N^2 W D multiply-adds for the search (N = 10,000: 8e11; time and memory in bench/RESULTS.md).
 
 Deterministic: the sample, k-means and the sort depend only on the names, the descriptors and ``seed``.
 """
@@ -109,7 +111,7 @@ def global_descriptors(names: Sequence[str], read: ReadDescriptors, codebook: np
     return out
 
 
-def top_k_neighbours(index: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+def top_k_neighbours(index: np.ndarray, k: int, block: int = 512) -> np.ndarray:
     """(N, M) global descriptors -> (N, min(k, N - 1)) int64: each row's most similar other rows, best first.
 
     Dot products for ``block`` rows at a time (a ``block`` x N float32 matrix, filled in column chunks of
@@ -127,10 +129,13 @@ def top_k_neighbours(index: np.ndarray, k: int, block: int = 256) -> np.ndarray:
         rows = index[r0:r1].astype(np.float32)
         for c0 in range(0, n, block):
             c1 = min(c0 + block, n)
-            np.matmul(rows, index[c0:c1].astype(np.float32).T, out=scores[: r1 - r0, c0:c1])
+            scores[: r1 - r0, c0:c1] = rows @ index[c0:c1].astype(np.float32).T  # BLAS needs a contiguous output
         s = scores[: r1 - r0]
         s[np.arange(r1 - r0), np.arange(r0, r1)] = -np.inf  # not its own neighbour
-        out[r0:r1] = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        kth = -np.partition(-s, k - 1, axis=1)[:, k - 1]  # each row's k-th largest score
+        for r, row in enumerate(s):
+            candidates = np.flatnonzero(row >= kth[r])  # the k best and any ties with the k-th, by index
+            out[r0 + r] = candidates[np.argsort(-row[candidates], kind="stable")[:k]]
     return out
 
 

@@ -1,4 +1,5 @@
-"""Retrieval pairs (``match --retrieval K``) on entry-P10 (10 real photos, 640 px, 1024 RootSIFT keypoints)."""
+"""Retrieval pairs (``match --retrieval K``) on entry-P10 (10 real photos, 640 px, 1024 RootSIFT keypoints), GPS
+pairs (``--gps K``) on lund's EXIF."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pycolmap
 import pytest
 from click.testing import CliRunner
 
+from conftest import require_shared
+
 from matcher.cli import match_command
 from matcher.config import PairsConfig
 from matcher.errors import ConfigError
+from matcher.gps import gps_pairs, gps_position
 from matcher.pairs import exhaustive_pairs, make_pairs, sequential_pairs
 from matcher.retrieval import retrieval_pairs, top_k_neighbours
 from matcher.storage import FeatureStore
@@ -122,3 +126,27 @@ def test_retrieval_needs_k_and_descriptors() -> None:
         make_pairs(PairsConfig(strategy="retrieval"), ["a.jpg", "b.jpg"])
     with pytest.raises(ConfigError, match="descriptors"):
         make_pairs(PairsConfig(strategy="retrieval", retrieval_k=2), ["a.jpg", "b.jpg"])
+
+
+def test_gps_pairs_from_exif_on_lund() -> None:
+    """lund's photos carry EXIF GPS along a street: the nearest photo by GPS is the next or previous one."""
+    lund = require_shared("scenes", "lund", "images")
+    names = sorted(p.name for p in lund.glob("*.jpg"))[:8]
+    positions = {n: gps_position(lund / n) for n in names}
+    assert positions["01.jpg"] == pytest.approx((55.69817, 13.19539), abs=1e-5)  # 55°41'53.4"N 13°11'43.4"E
+    pairs = gps_pairs(names, positions, 1)
+    assert pairs == [("01.jpg", "02.jpg"), ("02.jpg", "03.jpg"), ("03.jpg", "04.jpg"), ("04.jpg", "05.jpg"),
+                     ("05.jpg", "06.jpg"), ("07.jpg", "08.jpg")]
+    assert gps_pairs(names, {}, 3) == []
+
+
+def test_gps_pairs_join_the_strategy_and_skip_images_without_gps(entry_p10: Path, names: list[str]) -> None:
+    lund = require_shared("scenes", "lund", "images")
+    assert gps_position(entry_p10 / "0000.jpg") is None and gps_position(entry_p10 / "K.txt") is None
+    config = PairsConfig(strategy="sequential", overlap=1, gps_k=2)
+    assert make_pairs(config, names, image_dir=entry_p10) == sequential_pairs(names, 1)  # no GPS: nothing added
+    lund_names = sorted(p.name for p in lund.glob("*.jpg"))
+    with_gps = make_pairs(config, lund_names, image_dir=lund)
+    positions = {n: gps_position(lund / n) for n in lund_names}
+    assert set(with_gps) == set(sequential_pairs(lund_names, 1)) | set(gps_pairs(lund_names, positions, 2))
+    assert len(with_gps) > len(lund_names) - 1

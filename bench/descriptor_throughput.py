@@ -1,18 +1,22 @@
-"""SDGMNet throughput on this CPU, fp32 and bf16, against the machine's own matrix-multiply rate.
+"""SDGMNet throughput for every inference engine x precision, against this CPU's own matrix-multiply rate.
 
-Prints a Markdown table: patches/s for fp32 (channels_last; fused in-place FRN+TLU, as the pipeline runs it),
-fp32 through the separate FRN/TLU modules (the autograd path, for comparison) and bf16 (a bfloat16 copy of the
-network, channels_last), the fraction of the measured GEMM peak that represents (the network costs 78.2 MFLOP per patch), and how well bf16 agrees with
-fp32 on real patches (descriptor cosine, and the share of mutual-nearest-neighbour matches that are identical
-between two real images).
+Prints a Markdown table: patches/s of each engine (``torch``, the reference, and ``openvino`` when installed)
+in ``fp32`` and ``bf16`` on real patches, as the pipeline runs them (``matcher.descriptors.engines``), the
+share of the measured GEMM rate of that dtype it represents (the network costs 78.2 MFLOP per patch), and the
+agreement with torch fp32 of the same network: descriptor cosine (min / mean), the share of mutual-nearest-
+neighbour + ratio matches between two real images that are identical, and, with ``--fpr95 DATASET.h5`` (a patch
+dataset of ``matcher dataset``), FPR95 on 20,000 verification pairs. Engines are timed in interleaved rounds
+(best of ``--repeat``), so load drift on a shared machine hits all of them alike.
 
-    python bench/descriptor_throughput.py [--weights models/sdgmnet.pt] [--patches 4096] [--repeat 3]
+    python bench/descriptor_throughput.py [--weights sdgmnet] [--patches 4096] [--repeat 3] [--fpr95 data/x.h5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +24,8 @@ import numpy as np
 import torch
 
 from matcher.config import DetectionConfig, MatchingConfig
-from matcher.descriptors import SDGMNet, describe_patches, load_sdgmnet
+from matcher.descriptors import load_sdgmnet
+from matcher.descriptors.engines import OpenVINOEngine, TorchEngine
 from matcher.detect import detect_keypoints
 from matcher.images import read_image, resize_for_detection
 from matcher.matching import mutual_nearest_neighbours
@@ -30,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 FLOP_PER_PATCH = 78.2e6
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def gemm_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
@@ -45,72 +49,90 @@ def gemm_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def real_patches(name: str, n: int) -> tuple[torch.Tensor, np.ndarray]:
-    folder = SHARED / "scenes" / "entry-P10" / "images"
+def real_patches(name: str, n: int) -> torch.Tensor:
+    """The patches of up to ``n`` DoG keypoints of entry-P10 ``name`` at 1600 px, as the pipeline samples them."""
+    folder = common.shared_data() / "scenes" / "entry-P10" / "images"
     gray, _, _ = resize_for_detection(read_image(folder, name).gray, 1600)
     k = detect_keypoints(gray, DetectionConfig(max_keypoints=n))
-    return extract_patches(gray, lafs_from_keypoints(k)), k.xy
+    return extract_patches(gray, lafs_from_keypoints(k))
 
 
-def describe_with_modules(model: SDGMNet, patches: torch.Tensor, batch_size: int = 1024, bf16: bool = False) -> torch.Tensor:
-    """The forward pass through the separate FRN and TLU modules (autograd enabled, no parameter gradients)."""
-    assert not bf16
-    model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.enable_grad():
-            out = [model(patches[i : i + batch_size].contiguous(memory_format=torch.channels_last))
-                   for i in range(0, len(patches), batch_size)]
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
-    return torch.cat(out).detach()
+def fpr95_of(engine, dataset: Path, pairs: int = 20000) -> float:
+    from matcher.training.datasets import load_patch_set
+    from matcher.training.metrics import fpr95
+    from matcher.training.sampler import verification_pairs
+
+    ps = load_patch_set(dataset)
+    i1, i2, y = verification_pairs(ps.labels, pairs, seed=0, groups=ps.photo)
+    d = engine(ps.patches)
+    return fpr95(y, (d[i1] * d[i2]).sum(1).numpy())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="")
+    parser.add_argument("--weights", default="sdgmnet", help="a shipped model name or a .pt file")
     parser.add_argument("--patches", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256, help="patches per call (the pipeline's default)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fpr95", type=Path, default=None, help="a patch dataset (HDF5) for FPR95")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    common.set_threads(args.threads)
     print(common.machine_notes(), flush=True)
-    model = load_sdgmnet(args.weights)[0] if args.weights else SDGMNet().eval()
-    model = model.to(memory_format=torch.channels_last)
-    p1, _ = real_patches("0003.jpg", args.patches)
-    p2, _ = real_patches("0004.jpg", args.patches)
-    rows = []
+    model = load_sdgmnet(args.weights)[0]
+    p1, p2 = real_patches("0003.jpg", args.patches), real_patches("0004.jpg", args.patches)
     peaks = {"fp32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}
-    results = {}
-    peaks["fp32, FRN/TLU modules"] = peaks["fp32"]
-    for mode, bf16 in (("fp32", False), ("fp32, FRN/TLU modules", False), ("bf16", True)):
-        run = describe_patches if mode != "fp32, FRN/TLU modules" else describe_with_modules
-        run(model, p1[:256], bf16=bf16)  # warm-up
-        best = float("inf")
+    engines = {}
+    with tempfile.TemporaryDirectory() as cache:  # a cold cache: the conversion time is part of the table
+        for precision in ("fp32", "bf16"):
+            engines[f"torch {precision}"] = TorchEngine(model, precision, args.batch_size)
+        try:
+            import openvino  # noqa: F401
+
+            for precision in ("fp32", "bf16"):
+                t = time.perf_counter()
+                engines[f"openvino {precision}"] = OpenVINOEngine(model, precision, args.batch_size, Path(cache))
+                setup = time.perf_counter() - t
+                print(f"openvino {precision}: set up in {setup:.1f} s (cache "
+                      f"{'hit' if engines[f'openvino {precision}'].cache_hit else 'miss: converted'})", flush=True)
+        except ImportError:
+            print("openvino not installed (pip install matcher[fast]): torch only", flush=True)
+        best = {name: float("inf") for name in engines}
+        loads = []
+        for name, engine in engines.items():
+            engine(p1[: args.batch_size])  # warm-up
         for _ in range(args.repeat):
-            t = time.perf_counter()
-            d = run(model, p1, batch_size=args.batch_size, bf16=bf16)
-            best = min(best, time.perf_counter() - t)
-        results[mode] = (d, run(model, p2, batch_size=args.batch_size, bf16=bf16))
-        rate = len(p1) / best
-        rows.append((mode, rate, rate * FLOP_PER_PATCH / 1e9, peaks[mode] / 1e9, rate * FLOP_PER_PATCH / peaks[mode]))
-    print(f"patches: {len(p1)} real entry-P10 patches in batches of {args.batch_size}; threads: {torch.get_num_threads()}; "
-          f"weights: {args.weights or 'random init'}\n")
-    print("| mode | patches/s | achieved GFLOP/s | GEMM peak GFLOP/s | share of peak |")
-    print("|---|---:|---:|---:|---:|")
-    for mode, rate, gflops, peak, share in rows:
-        print(f"| {mode} channels_last | {rate:,.0f} | {gflops:.0f} | {peak:.0f} | {share:.0%} |")
-    (a32, b32), (a16, b16) = results["fp32"], results["bf16"]
-    cosine = (a32 * a16).sum(1)
-    m32, _ = mutual_nearest_neighbours(a32.numpy(), b32.numpy(), MatchingConfig(ratio=0.8))
-    m16, _ = mutual_nearest_neighbours(a16.numpy(), b16.numpy(), MatchingConfig(ratio=0.8))
-    s32, s16 = {tuple(m) for m in m32}, {tuple(m) for m in m16}
-    print(f"\nbf16 vs fp32: descriptor cosine min {cosine.min():.4f}, mean {cosine.mean():.5f}; "
-          f"MNN+ratio matches 0003-0004: fp32 {len(s32)}, bf16 {len(s16)}, identical {len(s32 & s16)} "
-          f"({len(s32 & s16) / max(len(s32), 1):.1%} of fp32's)")
+            loads.append(common.load_average())
+            for name, engine in engines.items():
+                t = time.perf_counter()
+                engine(p1)
+                best[name] = min(best[name], time.perf_counter() - t)
+        out = {name: (engine(p1), engine(p2)) for name, engine in engines.items()}
+        fprs = {name: fpr95_of(engine, args.fpr95) for name, engine in engines.items()} if args.fpr95 else {}
+    a32, b32 = out["torch fp32"]
+    reference, _ = mutual_nearest_neighbours(a32.numpy(), b32.numpy(), MatchingConfig(ratio=0.8))
+    ref_set = {tuple(m) for m in reference}
+    print(f"\npatches: {len(p1)} real entry-P10 patches (0003.jpg, 1600 px) in batches of {args.batch_size}; threads: "
+          f"{args.threads}; weights: {args.weights}; load average per round: {' ; '.join(loads)}\n")
+    header = ["engine, precision", "patches/s", "ms per 4096", "achieved GFLOP/s", "GEMM GFLOP/s (dtype)",
+              "share of GEMM", "cosine to torch fp32 (min / mean)", "MNN matches 0003-0004 identical to torch fp32"]
+    if fprs:
+        header.append(f"FPR95 {args.fpr95.stem}")
+    rows = []
+    for name in engines:
+        rate = len(p1) / best[name]
+        dtype = name.split()[1]
+        a, b = out[name]
+        cos = (a * a32).sum(1)
+        m, _ = mutual_nearest_neighbours(a.numpy(), b.numpy(), MatchingConfig(ratio=0.8))
+        same = len({tuple(x) for x in m} & ref_set)
+        row = [name, f"{rate:,.0f}", f"{4096 / rate * 1000:.0f}", f"{rate * FLOP_PER_PATCH / 1e9:.0f}",
+               f"{peaks[dtype] / 1e9:.0f} ({dtype})", f"{rate * FLOP_PER_PATCH / peaks[dtype]:.0%}",
+               f"{cos.min():.5f} / {cos.mean():.6f}", f"{same} of {len(ref_set)} ({same / max(len(ref_set), 1):.1%}; {len(m)} in all)"]
+        if fprs:
+            row.append(f"{100 * fprs[name]:.2f}%")
+        rows.append(row)
+    print(common.markdown_table(header, rows))
 
 
 if __name__ == "__main__":

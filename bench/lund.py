@@ -1,5 +1,7 @@
 """The whole ``match`` pipeline on scenes/lund (29 photos, 1024x768) against pycolmap's own SIFT, in one process.
 
+``--scene castle-P30`` (30 photos, 1600x1067) or any folder of ``scenes/`` runs the same comparison there.
+
 For each of ``--rounds`` rounds (the order of the methods reverses every other round, A B C then C B A, so load
 drift on the shared machine hits all of them alike):
 
@@ -22,7 +24,7 @@ native bfloat16) and with one matching worker (pairs one after the other); see `
 last round (about 6e5 Python calls, so the overhead is negligible next to the run time) and prints the top
 functions.
 
-Run from the repository root:  /work/venv/bin/python bench/lund.py [--rounds 2] [--preset rootsift]
+Run from the repository root:  python bench/lund.py [--rounds 3] [--preset default] [--scene castle-P30]
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ MAPPING_VARIANTS: dict[str, dict[str, float]] = {
 
 # Variants of our run, all with the same preset; "preset": as shipped. "fp32": matching.precision = "fp32" (what
 # a CPU without native bfloat16 runs). "serial": matching.workers = 1 (one pair at a time, same results).
-OURS_VARIANTS = ("preset", "fp32", "serial")
+# "torch": descriptor.engine = "torch" (SDGMNet run by torch instead of the auto engine, OpenVINO when installed).
+OURS_VARIANTS = ("preset", "fp32", "serial", "torch")
 
 
 def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile: bool,
@@ -72,6 +75,8 @@ def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile:
         config.matching.precision = "fp32"
     elif variant == "serial":
         config.matching.workers = 1
+    elif variant == "torch":
+        config.descriptor.engine = "torch"
     workdir.mkdir(parents=True)  # fresh folder: cached features.h5/matches.h5 of an earlier run must not be reused
     db = workdir / "ours.db"
     profiler = cProfile.Profile() if profile else None
@@ -189,7 +194,8 @@ def profile_report(profiler: cProfile.Profile, top: int = 18) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=common.shared_data() / "scenes" / "lund" / "images")
+    parser.add_argument("--scene", default="lund", help="a scene of ../shared/data/scenes (lund, castle-P30, ...)")
+    parser.add_argument("--images", type=Path, default=None, help="an image folder (overrides --scene)")
     parser.add_argument("--preset", default="rootsift", help="our preset (rootsift, sdgmnet, or a .toml file)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds over all methods, order rotating (default 1)")
     parser.add_argument("--threads", type=int, default=2)
@@ -200,6 +206,7 @@ def main() -> None:
                         help="our run variants (fp32: float32 proposals; serial: one matching worker)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
+    args.images = args.images or common.shared_data() / "scenes" / args.scene / "images"
 
     import pycolmap
 
@@ -218,6 +225,13 @@ def main() -> None:
     common.set_threads(args.threads)
     pycolmap.logging.minloglevel = 1  # COLMAP's INFO lines per image/pair: off for both pipelines
     print(common.machine_notes(), flush=True)
+    if config.descriptor.name == "sdgmnet":  # untimed: a first run converts the network for its engine (cached)
+        from matcher.descriptors import build_descriptor
+
+        t0 = time.perf_counter()
+        engine = build_descriptor(config.descriptor, config.patches).engine
+        print(f"descriptor engine: {engine.name} {engine.precision}, set up in {time.perf_counter() - t0:.1f} s "
+              f"(cache {'hit' if getattr(engine, 'cache_hit', True) else 'miss: converted now'})", flush=True)
     start = time.perf_counter()
     methods = [f"ours:{v}" for v in args.variants] + ["pycolmap"]
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}

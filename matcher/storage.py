@@ -152,7 +152,7 @@ class _Store:
     def __init__(self, path: Path, mode: str = "a") -> None:
         self.path = Path(path)
         try:
-            self.file = h5py.File(self.path, mode)
+            self.file = h5py.File(self.path, mode, rdcc_nbytes=0)
             if mode != "r":
                 self._drop_incomplete()
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
@@ -165,7 +165,7 @@ class _Store:
             if getattr(self, "file", None) is not None and self.file.id.valid:
                 self.close()
             self.path.unlink()
-            self.file = h5py.File(self.path, mode)
+            self.file = h5py.File(self.path, mode, rdcc_nbytes=0)
 
     def _drop_incomplete(self) -> None:
         for key in list(self.file.keys()):
@@ -179,6 +179,7 @@ class _Store:
     def _write_group(self, key: str, what: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
         """Write one group whole (``complete`` last) and flush; on any failure drop it and raise StorageError."""
         ensure_space(self.path, sum(a.nbytes for a in arrays.values()) + 16384, what)
+        failure = None
         try:
             if key in self.file:
                 del self.file[key]
@@ -187,15 +188,19 @@ class _Store:
                 group.create_dataset(name, data=data, chunks=_chunks(data), fletcher32=data.ndim > 0)
             group.attrs.update(attrs)
             group.attrs["complete"] = True
-            del group
             self.file.flush()
         except (OSError, RuntimeError, ValueError) as exc:
-            group = None  # noqa: F841 (no handle may stay open on the failed group)
-            try:  # without this, HDF5 flushes the half-written group on close and damages the file (or crashes)
+            failure = _first_line(exc)
+        group = None  # noqa: F841
+        if failure is not None:
+            # Out of the except block, so the exception's traceback, which holds the failed dataset open, is
+            # gone: HDF5 segfaults flushing a dataset whose write failed. Then the half-written group goes
+            # (else the next flush writes its metadata and damages the file).
+            try:
                 del self.file[key]
             except Exception:  # noqa: BLE001 (the file is then recreated on the next run)
                 pass
-            raise StorageError(f"{self.path}: cannot write {what} ({_first_line(exc)}); rerun to resume") from None
+            raise StorageError(f"{self.path}: cannot write {what} ({failure}); rerun to resume")
 
     def _damaged(self, key: str, what: str) -> str | None:
         """Read every dataset of ``key`` (checksums are verified on read): None if intact, else the reason."""

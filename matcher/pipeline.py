@@ -8,7 +8,9 @@ Outputs beside the database ``DIR/NAME.db``:
 
 The database itself is written last, atomically. An existing database is never replaced unless
 ``overwrite=True``. Cached features and matches are reused only if they were computed with the same
-settings (a fingerprint of the relevant config sections and the descriptor weights is kept in each file).
+settings (a fingerprint of the relevant config sections and the descriptor weights is kept in each file) from
+the same file content (the SHA-1 of each image is kept with its features and with each pair's matches), and
+read back with valid checksums. One run at a time writes an output (:mod:`matcher.output_lock`).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
         raise ModelWeightsError(f"{path}: 'state_dict' is not a dict of tensors")
     if not isinstance(meta, dict):
         raise ModelWeightsError(f"{path}: 'meta' is not a dict (got {type(meta).__name__})")
-    model = SDGMNet()
+    model = SDGMNet(init_weights=False)  # every parameter is loaded below
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -3,6 +3,7 @@ pairs (``--gps K``) on lund's EXIF."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,8 @@ from click.testing import CliRunner
 
 from conftest import require_shared
 
-from matcher.cli import match_command
-from matcher.config import PairsConfig
+from matcher.cli import _overrides, match_command
+from matcher.config import PairsConfig, load_config
 from matcher.errors import ConfigError
 from matcher.gps import gps_pairs, gps_position
 from matcher.pairs import exhaustive_pairs, make_pairs, sequential_pairs
@@ -45,9 +46,19 @@ def names(entry_p10: Path) -> list[str]:
     return sorted(p.name for p in entry_p10.glob("*.jpg"))
 
 
-def _retrieve(db: Path, names: list[str], k: int) -> list[tuple[str, str]]:
+def _compute(db: Path, names: list[str], k: int) -> list[tuple[str, str]]:
     with FeatureStore(db.with_name(db.stem + ".features.h5"), "r") as store:
         return retrieval_pairs(names, lambda n: store.read(n).descriptors, k)
+
+
+@functools.lru_cache
+def _cached(db: Path, names: tuple[str, ...], k: int) -> tuple[tuple[str, str], ...]:
+    return tuple(_compute(db, list(names), k))
+
+
+def _retrieve(db: Path, names: list[str], k: int) -> list[tuple[str, str]]:
+    """Retrieval pairs from the run's features.h5 (computed once per k in this module)."""
+    return list(_cached(db, tuple(names), k))
 
 
 def test_retrieval_pairs_are_few_deterministic_and_include_the_true_neighbours(
@@ -62,7 +73,7 @@ def test_retrieval_pairs_are_few_deterministic_and_include_the_true_neighbours(
     # every image retrieves K others
     for name in names:
         assert sum(name in p for p in pairs) >= K
-    assert _retrieve(exhaustive_run, names, K) == pairs  # codebook, VLAD and sort: same inputs, same pairs
+    assert _compute(exhaustive_run, names, K) == pairs  # recomputed: same inputs, same codebook, VLAD and pairs
 
 
 def test_retrieved_pairs_are_the_strongly_matching_ones(exhaustive_run: Path, names: list[str]) -> None:
@@ -100,14 +111,17 @@ def test_match_with_retrieval_writes_those_pairs_and_reconstructs(
     assert model.num_reg_images() == len(names)
 
 
-def test_retrieval_combines_with_overlap(entry_p10: Path, exhaustive_run: Path, names: list[str],
-                                         tmp_path: Path) -> None:
-    db = tmp_path / "both.db"
-    result = CliRunner().invoke(
-        match_command, [str(entry_p10), "--out", str(db), "--retrieval", "1", "--overlap", "2", *FAST]
-    )
-    assert result.exit_code == 0, result.output
-    assert _pairs_in(db) == set(_retrieve(exhaustive_run, names, 1)) | set(sequential_pairs(names, 2))
+def test_retrieval_combines_with_overlap(exhaustive_run: Path, names: list[str]) -> None:
+    """``--retrieval 1 --overlap 2``: the union of both; ``--retrieval 1`` alone: retrieval pairs only."""
+    features = exhaustive_run.with_name(exhaustive_run.stem + ".features.h5")
+    with FeatureStore(features, "r") as store:
+        def pairs_for(**flags: int) -> list[tuple[str, str]]:
+            config = load_config("default", _overrides(**flags))
+            return make_pairs(config.pairs, names, descriptors=lambda n: store.read(n).descriptors)
+
+        assert set(pairs_for(retrieval=1, overlap=2)) == set(_retrieve(exhaustive_run, names, 1)) | set(
+            sequential_pairs(names, 2))
+        assert pairs_for(retrieval=1) == _retrieve(exhaustive_run, names, 1)
 
 
 def test_top_k_is_blocked_exact_and_never_self() -> None:

@@ -47,21 +47,21 @@ def main() -> None:
                                progress=False)
             seconds = time.perf_counter() - t
             r = report.reconstruction
-            errors = "- | -"
+            errors = ["-", "-"]
             if (scene / "gt_dense_cameras").is_dir() and r is not None and r.registered_images >= 3:
                 e = compare_to_strecha(pycolmap.Reconstruction(Path(tmp) / "sparse" / "0"), scene / "gt_dense_cameras",
                                        robust=True)
-                errors = f"{e['rotation_error_deg_median']:.3f} | {e['position_error_median']:.4f}"
+                errors = [f"{e['rotation_error_deg_median']:.3f}", f"{e['position_error_median']:.4f}"]
         d = report.database
         rows.append([f"{engine} {precision}", d["verified_pairs"], d["inlier_matches"],
-                     f"{r.registered_images}/{r.total_images}", r.points3d, f"{r.mean_reprojection_error:.3f}", errors,
+                     f"{r.registered_images}/{r.total_images}", r.points3d, f"{r.mean_reprojection_error:.3f}", *errors,
                      f"{report.timings['extract']:.1f}", f"{seconds - report.timings.get('map', 0.0):.1f}",
                      f"{report.timings.get('map', 0.0):.1f}", load])
         print(rows[-1], file=sys.stderr, flush=True)
     print(f"\ncommand: `{common.command_line()}`; scene {args.scene}\n")
     print(common.markdown_table(
         ["engine, precision", "verified pairs", "inlier matches", "registered", "3D points", "reproj. error px",
-         "rotation error deg (median) | position error m (median)", "extraction s", "images -> database s",
+         "rotation error deg (median)", "position error m (median)", "extraction s", "images -> database s",
          "mapping s", "load average at start"], rows))
 
 

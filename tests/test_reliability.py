@@ -346,6 +346,7 @@ def test_links_hidden_files_and_unreadable_folders_are_named(tiny: Path, tmp_pat
     shutil.copy(tiny / "0002.jpg", outside / "elsewhere.jpg")
     (images / "linked").symlink_to(outside, target_is_directory=True)
     shutil.copy(tiny / "0002.jpg", images / ".hidden.jpg")
+    os.mkfifo(images / "pipe.jpg")  # reading it would block forever
     (images / "locked").mkdir()
     shutil.copy(tiny / "0003.jpg", images / "locked" / "inside.jpg")
     os.chmod(images / "locked", 0)
@@ -354,9 +355,10 @@ def test_links_hidden_files_and_unreadable_folders_are_named(tiny: Path, tmp_pat
     finally:
         os.chmod(images / "locked", 0o755)
     assert out.returncode == 0, out.stderr
-    summary = out.stdout[out.stdout.index("skipped 4 file(s):"):]
+    summary = out.stdout[out.stdout.index("skipped 5 file(s):"):]
     for name, reason in [("gone.jpg", "broken symbolic link"), ("linked/", "symbolic link to a folder"),
-                         (".hidden.jpg", "hidden file"), ("locked/", "cannot list folder (Permission denied)")]:
+                         (".hidden.jpg", "hidden file"), ("locked/", "cannot list folder (Permission denied)"),
+                         ("pipe.jpg", "not a regular file")]:
         assert f"{name}: {reason}" in summary, summary
     with pycolmap.Database.open(tmp_path / "db.db") as database:
         assert database.num_images() == 4

@@ -113,6 +113,12 @@ def main() -> None:
     print("|---|" + "---:|" * len(bins))
     for n in names:
         print(f"| {n} | " + " | ".join(f"{100 * result['bins'][label][n]['fpr95']:.1f}%" for label, _ in bins) + " |")
+    print("\nFPR95 with the spatial-neighbour negatives only (the same negatives for every descriptor):\n")
+    print("| descriptor | " + " | ".join(f"FPR95 {label}" for label, _ in bins) + " |")
+    print("|---|" + "---:|" * len(bins))
+    for n in names:
+        print(f"| {n} | " + " | ".join(f"{100 * result['bins'][label][n]['fpr95_spatial']:.1f}%" for label, _ in bins)
+              + " |")
     print("\n| descriptor | " + " | ".join(f"mAP {label}" for label, _ in bins) + " |")
     print("|---|" + "---:|" * len(bins))
     for n in names:

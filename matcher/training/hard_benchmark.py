@@ -201,17 +201,21 @@ def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:
     """FPR95 and mAP of the directed pairs selected by ``in_bin`` (2M,) bool.
 
     Returns:
-        {"fpr95", "map", "positives" (directed pairs), "negatives"}; NaN metrics when the bin is empty.
+        {"fpr95", "fpr95_spatial" (the spatial negatives only: the same negatives for every descriptor), "map",
+        "positives" (directed pairs), "negatives"}; NaN metrics when the bin is empty.
     """
     rows = np.flatnonzero(in_bin)
     if rows.size == 0:
-        return {"fpr95": float("nan"), "map": float("nan"), "positives": 0, "negatives": 0}
+        return {"fpr95": float("nan"), "fpr95_spatial": float("nan"), "map": float("nan"), "positives": 0,
+                "negatives": 0}
     negatives = np.concatenate([scores.hardest[rows][np.isfinite(scores.hardest[rows])],
                                 scores.spatial[rows][np.isfinite(scores.spatial[rows])]])
     labels = np.r_[np.ones(rows.size), np.zeros(negatives.size)]
     values = np.r_[scores.positive[rows], negatives]
+    spatial = scores.spatial[rows][np.isfinite(scores.spatial[rows])]
     return {
         "fpr95": fpr95(labels, values),
+        "fpr95_spatial": fpr95(np.r_[np.ones(rows.size), np.zeros(spatial.size)], np.r_[scores.positive[rows], spatial]),
         "map": float(np.mean(1.0 / scores.rank[rows])),
         "positives": int(rows.size),
         "negatives": int(negatives.size),

@@ -246,26 +246,36 @@ class OpenVINOEngine:
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, 1, 32, 32) float -> (N, 128) float32 unit rows."""
-        import openvino as ov
-
         x = patches.detach().float().cpu().numpy()
         n, bs = x.shape[0], self.batch_size
         out = np.empty((n, self.dim), np.float32)
         if n == 0:
             return torch.from_numpy(out)
+        # Plain infer requests, results copied by this thread: no Python callback runs on OpenVINO's threads.
+        # (With AsyncInferQueue callbacks, destroying the compiled model could deadlock: its destructor holds
+        # the GIL while joining a worker thread that waits for the GIL to release the callback.)
+        requests = [self.compiled.create_infer_request() for _ in range(self.requests)]
+        in_flight: list[tuple[object, int] | None] = [None] * len(requests)
 
-        def done(request, start: int) -> None:
-            rows = min(bs, n - start)
-            out[start : start + rows] = request.get_output_tensor(0).data[:rows]
+        def collect(slot: int) -> None:
+            pending = in_flight[slot]
+            if pending is not None:
+                request, start = pending
+                request.wait()
+                rows = min(bs, n - start)
+                out[start : start + rows] = request.get_output_tensor(0).data[:rows]
+                in_flight[slot] = None
 
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        queue.set_callback(done)
-        for start in range(0, n, bs):
+        for k, start in enumerate(range(0, n, bs)):
+            slot = k % len(requests)
+            collect(slot)
             batch = x[start : start + bs]
             if batch.shape[0] < bs:
                 batch = np.concatenate([batch, np.zeros((bs - batch.shape[0], *batch.shape[1:]), np.float32)])
-            queue.start_async({0: np.ascontiguousarray(batch)}, start)
-        queue.wait_all()
+            requests[slot].start_async({0: np.ascontiguousarray(batch)})
+            in_flight[slot] = (requests[slot], start)
+        for slot in range(len(requests)):
+            collect(slot)
         return torch.nn.functional.normalize(torch.from_numpy(out), dim=1)
 
 

@@ -97,10 +97,13 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _chunks(data: np.ndarray) -> tuple[int, ...] | None:
-    """Whole rows, at most 1024 per chunk (a checksum per chunk; a damaged chunk invalidates its group)."""
-    if data.ndim == 0:
+    """Whole rows, at most 1024 per chunk (a checksum per chunk; a damaged chunk invalidates its group).
+
+    None (contiguous, no checksum) for scalars and empty arrays: there is nothing to checksum, and HDF5 refuses
+    a chunk larger than an empty dataset."""
+    if data.ndim == 0 or data.size == 0:
         return None
-    return (max(1, min(len(data), 1024)), *data.shape[1:])
+    return (min(len(data), 1024), *data.shape[1:])
 
 
 def escape_name(name: str) -> str:
@@ -185,7 +188,8 @@ class _Store:
                 del self.file[key]
             group = self.file.create_group(key)
             for name, data in arrays.items():
-                group.create_dataset(name, data=data, chunks=_chunks(data), fletcher32=data.ndim > 0)
+                chunks = _chunks(data)
+                group.create_dataset(name, data=data, chunks=chunks, fletcher32=chunks is not None)
             group.attrs.update(attrs)
             group.attrs["complete"] = True
             self.file.flush()

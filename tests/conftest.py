@@ -60,3 +60,15 @@ def small_scene(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Pa
     for name in ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg"):
         shutil.copy(entry_p10 / name, folder / name)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _restore_matcher_logger():
+    """CLI tests run in this process, and the CLI sets up the ``matcher`` logger (its own handler, no propagation
+    to the root logger): restore it after each test so a later test's ``caplog`` still sees the warnings."""
+    import logging
+
+    logger = logging.getLogger("matcher")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved

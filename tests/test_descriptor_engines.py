@@ -153,3 +153,26 @@ def test_user_weights_run_through_openvino(small_scene: Path, tmp_path: Path, mo
             expected = describer.describe(gray, k)
             assert stored.shape == expected.shape
             assert np.einsum("ij,ij->i", stored, expected).min() >= 0.99999
+
+
+def test_engines_are_built_used_and_destroyed_repeatedly_without_hanging(tmp_path: Path) -> None:
+    """Destroying a compiled model must not wait on a worker thread that waits for the GIL (it did with
+    AsyncInferQueue's Python callbacks: 2 of 3 runs of 25 cycles hung here, one after the first cycle)."""
+    import subprocess
+
+    script = tmp_path / "cycles.py"
+    script.write_text(
+        "import gc, torch\nfrom pathlib import Path\n"
+        "from matcher.descriptors import load_sdgmnet\n"
+        "from matcher.descriptors.engines import OpenVINOEngine\n"
+        "model = load_sdgmnet('sdgmnet')[0]\n"
+        "x = torch.rand(600, 1, 32, 32)\n"
+        "for _ in range(8):\n"
+        f"    engine = OpenVINOEngine(model, 'fp32', 256, cache_root=Path({str(tmp_path)!r}), threads=2)\n"
+        "    assert engine(x).shape == (600, 128)\n"
+        "    del engine\n"
+        "    gc.collect()\n"
+        "print('done')\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]

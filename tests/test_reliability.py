@@ -434,3 +434,16 @@ def test_second_run_on_the_same_output_is_refused_and_a_dead_lock_does_not_block
     db.with_name("db.db.lock").write_text("999999\n")
     _run(tiny, db)
     assert not db.with_name("db.db.lock").exists()
+
+
+def test_a_pair_without_matches_is_stored_checked_and_reused(tmp_path: Path) -> None:
+    """Empty arrays have no chunks to checksum: they are stored plainly and still read back and reused."""
+    from matcher.storage import MatchStore, PairMatches
+
+    empty = PairMatches(np.zeros((0, 2), np.int32), np.zeros(0, np.float32), np.zeros(0, bool), None, None, "none")
+    with MatchStore(tmp_path / "m.h5") as store:
+        store.write("a.jpg", "b.jpg", empty, ("1", "2"))
+    with MatchStore(tmp_path / "m.h5") as store:
+        assert store.usable("a.jpg", "b.jpg", ("1", "2"))
+        back = store.read("a.jpg", "b.jpg")
+    assert back.matches.shape == (0, 2) and back.model == "none" and back.num_inliers == 0

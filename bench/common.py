@@ -238,7 +238,7 @@ def load_average() -> str:
 
 
 def command_line() -> str:
-    return "/work/venv/bin/python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:

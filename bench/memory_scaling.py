@@ -18,7 +18,7 @@ Extra runs to explain growth: ``--small-cache-ns`` repeats some N with the pipel
 serves every block above 1 MiB with its own mmap and unmaps it on free, instead of raising the threshold
 dynamically and recycling big freed blocks inside a fragmenting heap).
 
-Run from the repository root:  /work/venv/bin/python bench/memory_scaling.py [--ns 5 10 20 29]
+Run from the repository root:  python bench/memory_scaling.py [--ns 5 10 20 29]
     [--small-cache-ns 29] [--fixed-mmap-ns 29]
 """
 

@@ -26,7 +26,7 @@ When an image does not give N keypoints at the pipeline's default contrast thres
 the table states the threshold used. Stages slower than 5 s (SDGMNet under load) are timed in the first
 ``--expensive-rounds`` rounds only (default 1), to keep the run short.
 
-Run from the repository root:  /work/venv/bin/python bench/stages.py [--repeat 3] [--expensive-rounds 1]
+Run from the repository root:  python bench/stages.py [--repeat 3] [--expensive-rounds 1]
     [--sizes 1024 1600] [--keypoints 4096 8192]
 """
 

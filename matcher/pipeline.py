@@ -464,7 +464,6 @@ def run_match(
     masks = masks_digest(config.images.mask_dir, names)
     feature_fp = _fingerprint(config, FEATURE_SECTIONS, masks)
     match_fp = _fingerprint(config, MATCH_SECTIONS, masks)
-    paths.database.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.mapping.seed)
     np.random.seed(config.mapping.seed)
 

@@ -44,6 +44,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from matcher.colmap_log import quiet_colmap  # noqa: E402
+
 # Mapping variants, applied identically to both databases. "default": COLMAP's defaults. "forward": lund is a
 # street walked forwards; COLMAP's initial-pair search rejects pairs whose motion is mostly forward
 # (init_max_forward_motion 0.95) and asks a 16 degree triangulation angle, so with the defaults neither
@@ -157,15 +159,11 @@ def run_mapping(db: Path, image_dir: Path, out: Path, threads: int, variant: str
     options.num_threads = threads
     options.random_seed = 0
     out.mkdir(parents=True, exist_ok=True)
-    level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = 2
-    try:
+    with quiet_colmap():
         t0 = time.perf_counter()
         mapper = pycolmap.global_mapping if variant == "global" else pycolmap.incremental_mapping
         models = mapper(db, image_dir, out, options=options)
         seconds = time.perf_counter() - t0
-    finally:
-        pycolmap.logging.minloglevel = level
     result: dict[str, Any] = dict(seconds=seconds, models=len(models), sizes=sorted(
         (m.num_reg_images() for m in models.values()), reverse=True))
     if models:
@@ -207,9 +205,11 @@ def main() -> None:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
     args.images = args.images or common.shared_data() / "scenes" / args.scene / "images"
+    with quiet_colmap(1):  # COLMAP's INFO lines per image/pair: off for both pipelines
+        compare(args)
 
-    import pycolmap
 
+def compare(args: argparse.Namespace) -> None:
     from matcher.config import load_config
     from matcher.descriptors import resolve_weights
     from matcher.errors import ModelWeightsError
@@ -223,7 +223,6 @@ def main() -> None:
             return
 
     common.set_threads(args.threads)
-    pycolmap.logging.minloglevel = 1  # COLMAP's INFO lines per image/pair: off for both pipelines
     print(common.machine_notes(), flush=True)
     if config.descriptor.name == "sdgmnet":  # untimed: a first run converts the network for its engine (cached)
         from matcher.descriptors import build_descriptor

@@ -15,6 +15,7 @@ from typing import Callable
 
 import pycolmap
 
+from matcher.colmap_log import quiet_colmap
 from matcher.config import MappingConfig
 from matcher.errors import ConfigError
 from matcher.threads import thread_budget
@@ -163,9 +164,7 @@ def reconstruct(
     threads = config.num_threads if config.num_threads > 0 else thread_budget()
     with pycolmap.Database.open(Path(db_path)) as db:
         total = db.num_images()
-    previous_level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = max(previous_level, 2)  # COLMAP's per-image INFO log drowns the progress bar
-    try:
+    with quiet_colmap():  # COLMAP's per-image INFO log drowns the progress bar
         if config.mapper == "global":
             models = pycolmap.global_mapping(Path(db_path), Path(image_dir), work,
                                              options=_global_options(config, threads))
@@ -174,8 +173,6 @@ def reconstruct(
                 Path(db_path), Path(image_dir), work, options=_incremental_options(config, threads),
                 next_image_callback=on_image,
             )
-    finally:
-        pycolmap.logging.minloglevel = previous_level
     shutil.rmtree(work)
     _clear_models(out_dir)
     if not models:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pycolmap
 
+from matcher.colmap_log import quiet_colmap
 from matcher.errors import ConfigError
 from matcher.mapping import resolve_model_dir
 from matcher.threads import thread_budget
@@ -50,13 +51,9 @@ def undistort(
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: is a file, not a folder for the undistorted output")
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous_level = pycolmap.logging.minloglevel
-    pycolmap.logging.minloglevel = max(previous_level, 2)
-    try:
+    with quiet_colmap():
         pycolmap.undistort_images(out_dir, model_dir, Path(image_dir), output_type="COLMAP",
                                   num_threads=thread_budget(threads))
-    finally:
-        pycolmap.logging.minloglevel = previous_level
     model = pycolmap.Reconstruction(out_dir / "sparse")
     (out_dir / "sparse" / "0").mkdir(exist_ok=True)
     model.write(out_dir / "sparse" / "0")

@@ -284,22 +284,6 @@ class OpenCVSiftMethod(Method):
         return run
 
 
-class _QuietColmap:
-    """Silence COLMAP's INFO log (thousands of lines per extraction) for the duration of a block."""
-
-    def __enter__(self):  # noqa: ANN204
-        import pycolmap
-
-        self.previous = pycolmap.logging.minloglevel
-        pycolmap.logging.minloglevel = max(self.previous, 2)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import pycolmap
-
-        pycolmap.logging.minloglevel = self.previous
-
-
 class PycolmapSiftMethod(Method):
     """COLMAP's own SIFT extraction and exhaustive matching + verification (pycolmap), then the same mapping."""
 
@@ -333,7 +317,7 @@ class PycolmapSiftMethod(Method):
         matching = pycolmap.FeatureMatchingOptions()
         matching.num_threads = self.settings.num_threads
         t0 = time.perf_counter()
-        with _QuietColmap():
+        with quiet_colmap():
             pycolmap.extract_features(
                 db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
                 reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,

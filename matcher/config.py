@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 import math
 from typing import Any, Callable, ClassVar
 
 from matcher.errors import ConfigError
+from matcher.shipped import resolve_shipped, shipped_names
 
 __all__ = [
     "ImagesConfig",
@@ -113,6 +113,9 @@ class DetectionConfig:
     the finest octaves first), ``response`` the strongest DoG responses. ``contrast_threshold`` 0.02 is COLMAP's
     SIFT peak threshold (0.00667 per layer; OpenCV divides by the 3 layers); OpenCV's own default, 0.04, left
     1024 px images with 2300-3100 keypoints of a 4096 budget and lower pose accuracy (docs/eval.md).
+    ``affine``: estimate each keypoint's affine shape (Baumberg iteration, kornia's second-moment estimator) and
+    re-estimate its orientation in the shape-normalised frame; patches are then sampled from the affine frame
+    (matcher.affine_shape). Changes the descriptors of ``sdgmnet`` (patch-based), not of ``rootsift`` (OpenCV's).
     """
 
     max_keypoints: int = 4096
@@ -122,11 +125,12 @@ class DetectionConfig:
     edge_threshold: float = 10.0
     n_octave_layers: int = 3
     sigma: float = 1.6
+    affine: bool = False
 
     rules: ClassVar[dict[str, Rule]] = {
         "max_keypoints": _at_least(1), "selection": _one_of("scale", "response"),
         "contrast_threshold": _at_least(0.0), "edge_threshold": _above(0.0), "n_octave_layers": _at_least(1),
-        "sigma": _above(0.0),
+        "sigma": _above(0.0), "affine": _one_of(True, False),
     }
 
 
@@ -316,21 +320,12 @@ def _sections() -> dict[str, type]:
 
 def available_presets() -> list[str]:
     """Names of the presets shipped in ``pipelines/``."""
-    root = resources.files("matcher._pipelines")
-    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
+    return shipped_names("matcher._pipelines", ".toml")
 
 
 def preset_path(name_or_file: str) -> Path:
     """Resolve a preset name (``default``) or a TOML file path."""
-    candidate = Path(name_or_file)
-    if candidate.suffix == ".toml" or candidate.exists():
-        if not candidate.is_file():
-            raise ConfigError(f"{candidate}: preset file not found")
-        return candidate
-    shipped = resources.files("matcher._pipelines") / f"{name_or_file}.toml"
-    if not shipped.is_file():
-        raise ConfigError(f"unknown pipeline preset '{name_or_file}'; shipped presets: {', '.join(available_presets())}")
-    return Path(str(shipped))
+    return resolve_shipped(name_or_file, "matcher._pipelines", ".toml", ("pipeline preset", "preset"), ConfigError)
 
 
 def _coerce(section: str, key: str, value: Any, default: Any) -> Any:

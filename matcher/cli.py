@@ -247,10 +247,7 @@ def reconstruct_command(database: Path, images: Path, out: Path, seed: int, thre
 def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool, quiet: bool) -> None:
     """Render a scene with known cameras from scikit-image's photos, match it, reconstruct it, and report
     the pose error against the ground truth (no download)."""
-    import numpy as np
-
-    from matcher.demo_scene import render_demo_scene
-    from matcher.evaluation.sfm import absolute_pose_errors, reconstruction_poses
+    from matcher.evaluation.synthetic_scene import compare_to_scene, render_demo_scene
     from matcher.pipeline import OutputPaths, run_match
 
     _setup_logging(False, quiet)
@@ -271,19 +268,11 @@ def demo_command(out: Path, num_images: int, pipeline: str, overwrite: bool, qui
 
     from matcher.mapping import model_path
 
-    poses = reconstruction_poses(pycolmap.Reconstruction(model_path(out / "sparse")))
-    index = [i for i, name in enumerate(scene.names) if name in poses]
-    if len(index) < 3:
-        click.echo("pose error: fewer than 3 images registered", err=True)
+    comparison = compare_to_scene(pycolmap.Reconstruction(model_path(out / "sparse")), scene)
+    if len(comparison.names) < 3:
+        click.echo(comparison.format(), err=True)
         sys.exit(1)
-    R_est = np.array([poses[scene.names[i]][0] for i in index])
-    C_est = np.array([poses[scene.names[i]][1] for i in index])
-    rotation, position = absolute_pose_errors(R_est, C_est, scene.R[index], scene.centres[index])
-    click.echo(
-        f"pose error vs ground truth ({len(index)} cameras, after a similarity alignment): rotation median "
-        f"{np.median(rotation):.3f} deg (max {rotation.max():.3f}), position median {1000 * np.median(position):.1f} mm "
-        f"(max {1000 * position.max():.1f} mm)"
-    )
+    click.echo(comparison.format())
 
 
 class _LazyGroup(click.Group):

@@ -1,4 +1,4 @@
-"""The demo scene: deterministic files, cameras that agree with the pixels, and a scene SfM can reconstruct."""
+"""The synthetic demo scene (matcher.evaluation.synthetic_scene): deterministic files, cameras that agree with the pixels, and a scene SfM can reconstruct."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import cv2
 import numpy as np
 import pytest
 
-from matcher.demo_scene import DemoScene, load_demo_scene, quad_texture, render_demo_scene
+from matcher.evaluation.synthetic_scene import SyntheticScene, compare_to_scene, load_scene, quad_texture, render_demo_scene
 
 pycolmap = pytest.importorskip("pycolmap")
 pytest.importorskip("skimage")
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> DemoScene:
+def scene(tmp_path_factory: pytest.TempPathFactory) -> SyntheticScene:
     """The default demo scene (10 views of 1024x768), rendered once for the module."""
     cv2.setNumThreads(2)
     return render_demo_scene(tmp_path_factory.mktemp("demo"), seed=0)
 
 
-def gray(scene: DemoScene, i: int) -> np.ndarray:
+def gray(scene: SyntheticScene, i: int) -> np.ndarray:
     return cv2.imread(str(scene.image_dir / scene.names[i]), cv2.IMREAD_GRAYSCALE).astype(np.float32)
 
 
@@ -41,7 +41,7 @@ def sampson(F: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> np.ndarray:
     return np.sqrt(num / (Fx1[:, 0] ** 2 + Fx1[:, 1] ** 2 + Ftx2[:, 0] ** 2 + Ftx2[:, 1] ** 2))
 
 
-def facing_box_faces(scene: DemoScene, i: int) -> list:
+def facing_box_faces(scene: SyntheticScene, i: int) -> list:
     """Faces of the front box seen from their textured side by view i (nothing stands in front of that box)."""
     faces = []
     for q in scene.quads:
@@ -66,7 +66,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "cameras.json").read_bytes() == (tmp_path / "b" / "cameras.json").read_bytes()
 
 
-def test_files_and_cameras_json(scene: DemoScene) -> None:
+def test_files_and_cameras_json(scene: SyntheticScene) -> None:
     out = scene.image_dir.parent
     meta = json.loads((out / "cameras.json").read_text())
     assert meta["width"] == 1024 and meta["height"] == 768 and len(meta["images"]) == 10
@@ -84,7 +84,7 @@ def test_files_and_cameras_json(scene: DemoScene) -> None:
     planes = meta["scene"]["planes"]
     normals = np.array([p["normal"] for p in planes])
     assert len(planes) >= 3 and np.linalg.matrix_rank(normals, tol=1e-6) == 3  # not one plane, not a prism
-    back = load_demo_scene(out)
+    back = load_scene(out)
     assert back.names == scene.names and np.allclose(back.K, scene.K) and np.allclose(back.R, scene.R)
     assert np.allclose(back.t, scene.t) and np.allclose(back.centres, scene.centres) and back.quads == scene.quads
     # neighbouring views: a real baseline, and the views still look at the same place
@@ -92,7 +92,7 @@ def test_files_and_cameras_json(scene: DemoScene) -> None:
     assert (baselines > 0.3).all() and (baselines < 1.0).all()
 
 
-def test_texture_is_drawn_where_the_cameras_project_it(scene: DemoScene) -> None:
+def test_texture_is_drawn_where_the_cameras_project_it(scene: SyntheticScene) -> None:
     """Warp each visible face's texture with the homography K [R | t] M (cv2.warpPerspective, independent of
     the renderer) and check that it lines up with the rendered image to a fraction of a pixel."""
     checked = 0
@@ -124,7 +124,7 @@ def test_texture_is_drawn_where_the_cameras_project_it(scene: DemoScene) -> None
     assert checked >= 6
 
 
-def test_points_look_the_same_in_two_views(scene: DemoScene) -> None:
+def test_points_look_the_same_in_two_views(scene: SyntheticScene) -> None:
     """3D points on the front box project to pixels whose 11x11 neighbourhoods match across views, once view j
     is mapped into view i by the face's plane-induced homography (built from the cameras alone)."""
     rng = np.random.default_rng(0)
@@ -154,7 +154,7 @@ def test_points_look_the_same_in_two_views(scene: DemoScene) -> None:
 
 
 @pytest.mark.parametrize("pair", [(0, 1), (4, 5), (8, 9)])
-def test_sift_matches_obey_ground_truth_epipolar_geometry(scene: DemoScene, pair: tuple[int, int]) -> None:
+def test_sift_matches_obey_ground_truth_epipolar_geometry(scene: SyntheticScene, pair: tuple[int, int]) -> None:
     i, j = pair
     sift = cv2.SIFT_create(nfeatures=4000)
     k1, d1 = sift.detectAndCompute(gray(scene, i).astype(np.uint8), None)
@@ -183,7 +183,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.
     return s, R, md - s * R @ ms
 
 
-def test_pycolmap_reconstructs_every_view(scene: DemoScene, tmp_path: Path) -> None:
+def test_pycolmap_reconstructs_every_view(scene: SyntheticScene, tmp_path: Path) -> None:
     db = tmp_path / "database.db"
     ext = pycolmap.FeatureExtractionOptions(max_image_size=1024, num_threads=2)
     ext.sift.max_num_features = 2048
@@ -216,12 +216,17 @@ def test_pycolmap_reconstructs_every_view(scene: DemoScene, tmp_path: Path) -> N
           f"focal {focal:.1f} px (true {scene.K[0, 0]:.1f}), max rotation error {max(rot_err):.3f} deg, "
           f"max centre error {1000 * centre_err.max():.1f} mm")
     assert max(rot_err) < 0.5 and centre_err.max() < 0.05
+    # the package's comparison (what `matcher demo` prints) agrees with this independent one
+    comparison = compare_to_scene(rec, scene)
+    assert comparison.names == scene.names
+    assert np.allclose(np.sort(comparison.position_m), np.sort(centre_err), atol=1e-6)
+    assert comparison.rotation_deg.max() < 0.5 and "10 cameras" in comparison.format()
     assert abs(focal / scene.K[0, 0] - 1) < 0.02
 
 
 def test_command_line(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    res = subprocess.run([sys.executable, "-m", "matcher.demo_scene", str(out), "--num-images", "2",
+    res = subprocess.run([sys.executable, "-m", "matcher.evaluation.synthetic_scene", str(out), "--num-images", "2",
                           "--width", "320", "--height", "240"], capture_output=True, text=True, check=True)
     assert str(out) in res.stdout
     assert sorted(p.name for p in (out / "images").iterdir()) == ["view_00.jpg", "view_01.jpg"]

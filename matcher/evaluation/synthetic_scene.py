@@ -1,4 +1,8 @@
-"""A demo scene the project renders itself: real photographs on a 3D room, seen by cameras with known poses.
+"""A synthetic scene with known cameras: real photographs on a 3D room, rendered by the project itself.
+
+This is the scene behind ``matcher demo`` and an evaluation dataset: ground truth is exact, so reconstructions
+can be compared with :func:`compare_to_scene` (the geometry is evaluation's: :mod:`matcher.evaluation.pose` for
+cameras and relative poses, :mod:`matcher.evaluation.sfm` for the alignment and the pose errors).
 
 The scene is an open room (floor, back wall, two side walls) with two boxes standing on the floor. Every
 face carries a different photograph shipped inside scikit-image's wheel (``skimage.data``), modulated by a
@@ -25,7 +29,7 @@ the largest one. Textures are sampled with mip-mapping (trilinear), the image is
 with ``cv2.INTER_AREA`` (anti-aliased edges), then a small seeded Gaussian sensor noise and a per-view gain of
 at most 2% are added. The output is deterministic: same inputs, same bytes.
 
-Run ``python -m matcher.demo_scene OUT_DIR`` to write ``OUT_DIR/images/view_00.jpg ...`` and
+Run ``python -m matcher.evaluation.synthetic_scene OUT_DIR`` to write ``OUT_DIR/images/view_00.jpg ...`` and
 ``OUT_DIR/cameras.json``.
 """
 
@@ -34,19 +38,36 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
+from .pose import StrechaCamera, relative_pose
+from .sfm import absolute_pose_errors, reconstruction_poses
+
+if TYPE_CHECKING:
+    import pycolmap
+
 __all__ = [
-    "DemoScene",
+    "CONVENTION",
     "Quad",
+    "SceneComparison",
+    "SyntheticScene",
+    "cameras_json",
+    "compare_to_scene",
     "demo_quads",
-    "load_demo_scene",
+    "intrinsics",
+    "load_scene",
+    "look_at",
+    "mipmaps",
     "quad_texture",
     "render_demo_scene",
+    "render_view",
+    "write_view",
 ]
 
 TEXELS_PER_METRE = 160.0  # texture resolution on every face: 6.25 mm per texel
@@ -200,7 +221,7 @@ def quad_texture(quad: Quad) -> np.ndarray:
     return np.clip(photo * (1.0 + 0.15 * d) + 8.0 * d, 0.0, 255.0).astype(np.float32)
 
 
-def _mipmaps(tex: np.ndarray) -> list[np.ndarray]:
+def mipmaps(tex: np.ndarray) -> list[np.ndarray]:
     """Box-filtered mip levels; texel j of level k is centred on level-0 coordinate 2**k (j + 0.5) - 0.5."""
     levels = [tex]
     for _ in range(MIP_LEVELS - 1):
@@ -209,7 +230,7 @@ def _mipmaps(tex: np.ndarray) -> list[np.ndarray]:
     return levels
 
 
-def _look_at(centre: np.ndarray, target: np.ndarray) -> np.ndarray:
+def look_at(centre: np.ndarray, target: np.ndarray) -> np.ndarray:
     """cam_from_world rotation (3, 3) of a camera at ``centre`` looking at ``target``, image y pointing down
     (world y is down, so the horizon stays horizontal)."""
     z = target - centre
@@ -229,15 +250,18 @@ def _cameras(num_images: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nda
     Rs, ts, cs = [], [], []
     for a in angles:
         c = target + np.array([7.0 * math.sin(a), -1.8, -7.0 * math.cos(a)]) + rng.uniform(-0.05, 0.05, 3)
-        R = _look_at(c, target + rng.uniform(-0.1, 0.1, 3))
+        R = look_at(c, target + rng.uniform(-0.1, 0.1, 3))
         Rs.append(R), ts.append(-R @ c), cs.append(c)
     return np.array(Rs), np.array(ts), np.array(cs)
 
 
-def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, R: np.ndarray, t: np.ndarray,
-            width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: np.ndarray, R: np.ndarray,
+                t: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """Ray-cast the quads into a float32 RGB image (height, width, 3) in [0, 255], without noise. Also returns
     the z-buffer: inverse depth (1/m, 0 = background) at the 2x resolution, (s * height, s * width) float32.
+
+    ``textures[k]`` is the mip pyramid of ``quads[k]`` (see :func:`mipmaps`); it is only read for quads in view,
+    so a sequence that builds textures on demand keeps a large scene's memory bounded.
 
     Works at ``SUPERSAMPLING`` x resolution: hi-res pixel j is centred on low-res coordinate (j + 0.5) / s - 0.5,
     so ``INTER_AREA`` reduction puts low-res pixel centres where ``K`` says they are.
@@ -250,7 +274,7 @@ def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, 
     img = np.broadcast_to(grad * np.array([0.97, 1.0, 1.04], np.float32), (H, W, 3)).copy()
     inv_depth = np.zeros((H, W), np.float32)  # z-buffer on 1/depth: nearest hit = largest; background = 0
     Rt = np.concatenate([R, t[:, None]], axis=1)
-    for quad, levels in zip(quads, textures):
+    for index, quad in enumerate(quads):
         G = K_hi @ Rt @ np.vstack([quad.world_from_texture(), [[0.0, 0.0, 1.0]]])
         # G maps homogeneous texels to depth * [j, i, 1]; its inverse maps pixels to [x, y, 1] / depth
         tw, th = quad.texture_size
@@ -266,6 +290,7 @@ def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, 
             c0, c1, r0, r1 = 0, W, 0, H
         if c0 >= c1 or r0 >= r1:
             continue
+        levels = textures[index]
         h = np.linalg.inv(G).tolist()  # python floats keep the arithmetic below in float32
         jj = np.arange(c0, c1, dtype=np.float32)[None, :]
         ii = np.arange(r0, r1, dtype=np.float32)[:, None]
@@ -298,8 +323,8 @@ def _render(quads: list[Quad], textures: list[list[np.ndarray]], K: np.ndarray, 
 
 
 @dataclass
-class DemoScene:
-    """Ground truth of a rendered demo scene.
+class SyntheticScene:
+    """Ground truth of a rendered synthetic scene (the demo room, or a collection built on the same renderer).
 
     ``names`` image file names (relative to ``image_dir``); ``K`` (3, 3) shared intrinsics (OpenCV pixels);
     ``R`` (N, 3, 3) and ``t`` (N, 3) cam_from_world; ``centres`` (N, 3) world metres; ``quads`` the geometry.
@@ -316,20 +341,22 @@ class DemoScene:
     seed: int = 0
     quads: list[Quad] = field(default_factory=demo_quads)
 
+    def camera(self, i: int) -> StrechaCamera:
+        """View ``i`` as an evaluation camera (K, cam_from_world R and t, centre, image size)."""
+        return StrechaCamera(K=self.K, R=self.R[i], t=self.t[i], center=self.centres[i], width=self.width,
+                             height=self.height)
+
     def projection(self, i: int) -> np.ndarray:
         """(3, 4) projection matrix ``K [R_i | t_i]`` of view ``i`` (OpenCV pixels)."""
-        return self.K @ np.concatenate([self.R[i], self.t[i][:, None]], axis=1)
+        return self.camera(i).P
 
     def project(self, i: int, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project world points X (M, 3) into view i: pixels (M, 2) and depths (M,) in metres."""
-        Xc = X @ self.R[i].T + self.t[i]
-        x = Xc @ self.K.T
-        return x[:, :2] / x[:, 2:3], Xc[:, 2]
+        return self.camera(i).project(X)
 
     def relative_pose(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
         """(R (3, 3), t (3,)) of cam_j_from_cam_i; |t| is the baseline in metres."""
-        R = self.R[j] @ self.R[i].T
-        return R, self.t[j] - R @ self.t[i]
+        return relative_pose(self.R[i], self.t[i], self.R[j], self.t[j])
 
     def fundamental(self, i: int, j: int) -> np.ndarray:
         """(3, 3) ground-truth F with ``x_j^T F x_i = 0`` for OpenCV pixels x_i of view i, x_j of view j."""
@@ -348,65 +375,118 @@ def _quad_json(q: Quad) -> dict:
                         "texels_per_metre": TEXELS_PER_METRE}}
 
 
+def intrinsics(width: int, height: int, focal: float) -> np.ndarray:
+    """(3, 3) pinhole K with square pixels and the principal point at the image centre (OpenCV pixels)."""
+    return np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def write_view(path: Path, img: np.ndarray, seed: int, index: int) -> None:
+    """Add the view's seeded gain (<= 2 %) and sensor noise to a float RGB render (H, W, 3) and write a JPEG."""
+    rng = np.random.default_rng([seed, 2, index])
+    gain = np.float32(1.0 + rng.uniform(-0.02, 0.02))
+    img = img * gain + rng.normal(0.0, NOISE_SIGMA, img.shape).astype(np.float32)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    if not cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]):
+        raise OSError(f"could not write {path}")
+
+
+def cameras_json(scene: SyntheticScene, description: str, planes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``cameras.json`` document of a scene: convention, intrinsics, one entry per view, the geometry."""
+    K, R, t, c = scene.K, scene.R, scene.t, scene.centres
+    return {
+        "convention": CONVENTION,
+        "width": scene.width, "height": scene.height, "seed": scene.seed, "K": K.tolist(),
+        "images": [{"name": n, "K": K.tolist(), "R": R[i].tolist(), "t": t[i].tolist(), "centre": c[i].tolist()}
+                   for i, n in enumerate(scene.names)],
+        "scene": {"description": description, "planes": planes},
+    }
+
+
 def render_demo_scene(out_dir: Path, num_images: int = 10, width: int = 1024, height: int = 768,
-                      seed: int = 0) -> DemoScene:
+                      seed: int = 0) -> SyntheticScene:
     """Render the demo room into ``out_dir/images/view_XX.jpg`` and write ``out_dir/cameras.json``.
 
     ``seed`` drives the camera jitter (a few cm) and the sensor noise; the room itself is fixed. Returns the
-    ground truth as a :class:`DemoScene`. Takes about 0.3 s per 1024x768 view on one core.
+    ground truth as a :class:`SyntheticScene`.
     """
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
-    f = float(width)
-    K = np.array([[f, 0.0, (width - 1) / 2], [0.0, f, (height - 1) / 2], [0.0, 0.0, 1.0]])
+    K = intrinsics(width, height, float(width))
     R, t, centres = _cameras(num_images, seed)
     quads = demo_quads()
-    textures = [_mipmaps(quad_texture(q)) for q in quads]
+    textures = [mipmaps(quad_texture(q)) for q in quads]
     names = [f"view_{i:02d}.jpg" for i in range(num_images)]
     for i, name in enumerate(names):
-        img, _ = _render(quads, textures, K, R[i], t[i], width, height)
-        rng = np.random.default_rng([seed, 2, i])
-        gain = np.float32(1.0 + rng.uniform(-0.02, 0.02))
-        img = img * gain + rng.normal(0.0, NOISE_SIGMA, img.shape).astype(np.float32)
-        img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-        ok = cv2.imwrite(str(image_dir / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                         [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        if not ok:
-            raise OSError(f"could not write {image_dir / name}")
-    scene = DemoScene(image_dir, names, K, R, t, centres, width, height, seed, quads)
-    meta = {
-        "convention": CONVENTION,
-        "width": width, "height": height, "seed": seed, "K": K.tolist(),
-        "images": [{"name": n, "K": K.tolist(), "R": R[i].tolist(), "t": t[i].tolist(), "centre": centres[i].tolist()}
-                   for i, n in enumerate(names)],
-        "scene": {"description": "open room (floor, back wall in two halves, side walls) with two boxes; world "
-                                 "metres, x right, y down, z into the room; every face a different skimage photo "
-                                 "modulated by a tiled detail texture",
-                  "planes": [_quad_json(q) for q in quads]},
-    }
+        img, _ = render_view(quads, textures, K, R[i], t[i], width, height)
+        write_view(image_dir / name, img, seed, i)
+    scene = SyntheticScene(image_dir, names, K, R, t, centres, width, height, seed, quads)
+    description = ("open room (floor, back wall in two halves, side walls) with two boxes; world metres, x right, "
+                   "y down, z into the room; every face a different skimage photo modulated by a tiled detail texture")
+    meta = cameras_json(scene, description, [_quad_json(q) for q in quads])
     (out_dir / "cameras.json").write_text(json.dumps(meta, indent=1))
     return scene
 
 
-def load_demo_scene(out_dir: Path) -> DemoScene:
-    """Read ``out_dir/cameras.json`` written by :func:`render_demo_scene` back into a :class:`DemoScene`."""
+def load_scene(out_dir: Path) -> SyntheticScene:
+    """Read ``out_dir/cameras.json`` (written by :func:`render_demo_scene` or another renderer of this module's
+    format) back into a :class:`SyntheticScene`; ``quads`` is empty when the planes carry no photo texture."""
     out_dir = Path(out_dir)
     meta = json.loads((out_dir / "cameras.json").read_text())
     ims = meta["images"]
     quads = []
     for p in meta["scene"]["planes"]:
-        tex = p["texture"]
+        tex = p.get("texture", {})
+        if "photo" not in tex:
+            continue
         quads.append(Quad(p["name"], tuple(p["origin"]), tuple(p["axis_u"]), tuple(p["axis_v"]),
                           tex["photo"].removeprefix("skimage.data."), tex["detail"].removeprefix("skimage.data."),
                           tuple(tex["crop"]), tuple(tex["detail_offset"])))
-    return DemoScene(out_dir / "images", [m["name"] for m in ims], np.array(meta["K"]),
-                     np.array([m["R"] for m in ims]), np.array([m["t"] for m in ims]),
-                     np.array([m["centre"] for m in ims]), meta["width"], meta["height"], meta["seed"], quads)
+    return SyntheticScene(out_dir / "images", [m["name"] for m in ims], np.array(meta["K"]),
+                          np.array([m["R"] for m in ims]), np.array([m["t"] for m in ims]),
+                          np.array([m["centre"] for m in ims]), meta["width"], meta["height"], meta["seed"], quads)
+
+
+@dataclass(frozen=True)
+class SceneComparison:
+    """Registered cameras of a reconstruction against a synthetic scene's ground truth.
+
+    ``names`` (M,) registered views with ground truth; ``rotation_deg`` (M,) and ``position_m`` (M,) their errors
+    after a similarity alignment (:func:`matcher.evaluation.sfm.absolute_pose_errors`); ``num_views`` the
+    scene's view count. With fewer than 3 registered views the error arrays are empty.
+    """
+
+    names: list[str]
+    rotation_deg: np.ndarray
+    position_m: np.ndarray
+    num_views: int
+
+    def format(self) -> str:
+        """One line: the median and max of both errors (what ``matcher demo`` prints)."""
+        if len(self.names) < 3:
+            return "pose error: fewer than 3 images registered"
+        r, p = self.rotation_deg, self.position_m
+        return (f"pose error vs ground truth ({len(self.names)} cameras, after a similarity alignment): rotation "
+                f"median {np.median(r):.3f} deg (max {r.max():.3f}), position median {1000 * np.median(p):.1f} mm "
+                f"(max {1000 * p.max():.1f} mm)")
+
+
+def compare_to_scene(rec: "pycolmap.Reconstruction", scene: SyntheticScene, robust: bool = False) -> SceneComparison:
+    """Camera poses of ``rec`` against the scene's ground truth, images matched by name."""
+    poses = reconstruction_poses(rec)
+    index = [i for i, name in enumerate(scene.names) if name in poses]
+    names = [scene.names[i] for i in index]
+    if len(index) < 3:
+        return SceneComparison(names, np.zeros(0), np.zeros(0), len(scene.names))
+    R_est = np.array([poses[n][0] for n in names])
+    C_est = np.array([poses[n][1] for n in names])
+    rotation, position = absolute_pose_errors(R_est, C_est, scene.R[index], scene.centres[index], robust=robust)
+    return SceneComparison(names, rotation, position, len(scene.names))
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m matcher.demo_scene OUT_DIR [--num-images N] [--width W] [--height H] [--seed S]``."""
+    """CLI: ``python -m matcher.evaluation.synthetic_scene OUT_DIR [--num-images N] [--width W] [--height H]
+    [--seed S]``."""
     p = argparse.ArgumentParser(description="Render the matcher demo scene (images + ground-truth cameras).")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--num-images", type=int, default=10)

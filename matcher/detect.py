@@ -43,6 +43,9 @@ class Keypoints:
     Shapes: ``xy`` (N, 2) float32, ``scales`` (N,) float32 sigma in pixels, ``orientations`` (N,) float32
     radians, ``scores`` (N,) float32 DoG response, ``octaves`` (N,) int32 OpenCV's packed octave/layer
     (lets OpenCV describe the keypoints on the right pyramid level; meaningful only in the detection frame).
+    ``shapes`` (N, 2, 2) float32 or None: each keypoint's affine shape with determinant 1, orientation
+    included, so that its local affine frame is ``[magnification * scale * shape | xy]`` (kornia's LAF);
+    None: the similarity frame ``scale * R(orientation)`` (see :mod:`matcher.affine_shape`).
     """
 
     xy: np.ndarray
@@ -50,6 +53,7 @@ class Keypoints:
     orientations: np.ndarray
     scores: np.ndarray
     octaves: np.ndarray | None = None
+    shapes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -62,6 +66,7 @@ class Keypoints:
             self.orientations[index],
             self.scores[index],
             None if self.octaves is None else self.octaves[index],
+            None if self.shapes is None else self.shapes[index],
         )
 
     def rescaled(self, sx: float, sy: float) -> "Keypoints":
@@ -71,7 +76,10 @@ class Keypoints:
         xy[:, 1] = (self.xy[:, 1] + 0.5) * sy - 0.5
         scale_factor = float(np.sqrt(sx * sy))
         scales = (self.scales * scale_factor).astype(np.float32)
-        return Keypoints(xy, scales, self.orientations, self.scores, self.octaves)
+        shapes = None
+        if self.shapes is not None:  # diag(sx, sy) A / sqrt(sx sy): the same image region, determinant 1 again
+            shapes = (np.diag([sx, sy]).astype(np.float32) @ self.shapes / scale_factor).astype(np.float32)
+        return Keypoints(xy, scales, self.orientations, self.scores, self.octaves, shapes)
 
 
 def _empty() -> Keypoints:
@@ -129,10 +137,15 @@ def detect_keypoints(
         raise ConfigError(f"detection.selection must be 'scale' or 'response', got '{config.selection}'")
 
     orientations = np.zeros(len(keep), np.float32) if config.upright else np.deg2rad(-angle[keep]).astype(np.float32)
-    return Keypoints(
+    keypoints = Keypoints(
         xy=np.ascontiguousarray(xy[keep]),
         scales=(size[keep] / 2.0).astype(np.float32),
         orientations=orientations,
         scores=response[keep],
         octaves=octave[keep],
     )
+    if config.affine:
+        from matcher.affine_shape import estimate_affine_shapes  # torch and kornia: only when asked for
+
+        keypoints = estimate_affine_shapes(gray, keypoints, upright=config.upright)
+    return keypoints

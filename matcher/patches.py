@@ -30,7 +30,7 @@ def image_to_tensor(gray: np.ndarray) -> torch.Tensor:
 
 
 def lafs_from_keypoints(keypoints: Keypoints, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:
-    """Build LAFs from keypoints.
+    """Build LAFs from keypoints (their affine ``shapes`` when they have them, else scale and orientation).
 
     Args:
         keypoints: N keypoints (centre, sigma, orientation in radians).
@@ -41,6 +41,9 @@ def lafs_from_keypoints(keypoints: Keypoints, magnification: float = DEFAULT_MAG
     """
     xy = torch.from_numpy(keypoints.xy).float()[None]
     scale = torch.from_numpy(keypoints.scales).float().mul(magnification)[None, :, None, None]
+    if keypoints.shapes is not None:  # affine frames: [magnification * sigma * shape | xy]
+        shape = torch.from_numpy(np.ascontiguousarray(keypoints.shapes)).float()[None]
+        return torch.cat([shape * scale, xy[..., None]], dim=-1)
     ori = torch.rad2deg(torch.from_numpy(keypoints.orientations).float())[None, :, None]
     return KF.laf_from_center_scale_ori(xy, scale, ori)
 

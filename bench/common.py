@@ -43,8 +43,10 @@ MiB = 1024.0 * 1024.0
 
 
 def shared_data() -> Path:
-    """``$MATCHER_SHARED_DATA`` or ``../shared/data`` beside the repository (as the tests do)."""
-    return Path(os.environ.get("MATCHER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """``$MATCHER_SHARED_DATA`` or ``../shared/data`` beside the repository (:mod:`matcher.shared_data`)."""
+    from matcher.shared_data import shared_data_dir
+
+    return shared_data_dir()
 
 
 # ---------------------------------------------------------------------------------------------------- threads

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from matcher.descriptors import describe_patches, load_sdgmnet
+from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
 from matcher.training.gt_tracks import Tracks, build_tracks, detect_views
@@ -38,7 +39,7 @@ from matcher.training.hard_benchmark import (
     view_patches,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir()
 HELDOUT_SCENES = ("entry-P10", "buddha")
 
 

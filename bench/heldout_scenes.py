@@ -20,8 +20,9 @@ import pycolmap
 from matcher.config import load_config
 from matcher.evaluation.sfm import compare_to_strecha
 from matcher.pipeline import run_match
+from matcher.shared_data import shared_data_dir
 
-SCENES = Path(__file__).resolve().parents[2] / "shared" / "data" / "scenes"
+SCENES = shared_data_dir("scenes")
 
 
 def main() -> None:

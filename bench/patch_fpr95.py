@@ -24,12 +24,13 @@ import torch
 
 from matcher.descriptors import SDGMNet, describe_patches, load_sdgmnet
 from matcher.storage import FeatureStore
+from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.datasets import load_patch_set
 from matcher.training.metrics import average_precision, fpr95
 from matcher.training.sampler import verification_pairs
 
-TFEAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "weights" / "tfeat"
+TFEAT = shared_data_dir("weights", "tfeat")
 
 
 def pipeline_rootsift(patch_set, features_path: Path) -> torch.Tensor:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from matcher.shared_data import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data() -> Path:
-    """``$MATCHER_SHARED_DATA`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("MATCHER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """``$MATCHER_SHARED_DATA`` or ``../shared/data`` beside the repository (:mod:`matcher.shared_data`)."""
+    return shared_data_dir()
 
 
 def require_shared(*parts: str) -> Path:

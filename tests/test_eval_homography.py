@@ -1,13 +1,13 @@
 """Homography metrics: hand-made cases with known answers, plus the HPatches convention on real data."""
 
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from matcher.evaluation import (
     corner_error,
     homography_accuracy,
@@ -16,11 +16,6 @@ from matcher.evaluation import (
     reprojection_errors,
     warp_points,
 )
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("MATCHER_SHARED_DATA", default))
 
 
 def churchill() -> Path:

@@ -7,14 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from matcher.evaluation import draw_matches, markdown_table, plot_accuracy_curves, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("MATCHER_SHARED_DATA", default))
 
 
 def test_plot_accuracy_curves_writes_a_png(tmp_path):

@@ -1,13 +1,13 @@
 """Pose metrics: rotation/translation errors, AUC, Strecha cameras and an essential-matrix baseline."""
 
 import math
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from conftest import shared_data
 from matcher.evaluation import (
     estimate_relative_pose,
     pose_auc,
@@ -18,11 +18,6 @@ from matcher.evaluation import (
     scale_intrinsics,
     vector_angle_deg,
 )
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("MATCHER_SHARED_DATA", default))
 
 
 def entry_p10() -> Path:

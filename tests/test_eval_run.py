@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -11,16 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import shared_data
 from matcher.cli import main
 from matcher.config import load_config
 from matcher.evaluation.methods import EvalSettings, build_methods
 from matcher.evaluation.run import evaluate_homography
 from matcher.pipeline import run_match
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("MATCHER_SHARED_DATA", default))
 
 
 def churchill() -> Path:

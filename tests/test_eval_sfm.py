@@ -1,7 +1,6 @@
 """SfM metrics: similarity alignment, absolute pose errors, reconstruction summary, Strecha comparison."""
 
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -9,6 +8,7 @@ import numpy as np
 import pycolmap
 import pytest
 
+from conftest import shared_data
 from matcher.evaluation import (
     absolute_pose_errors,
     align_similarity,
@@ -17,11 +17,6 @@ from matcher.evaluation import (
     reconstruction_poses,
     reconstruction_summary,
 )
-
-
-def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return Path(os.environ.get("MATCHER_SHARED_DATA", default))
 
 
 def rotation(axis, degrees: float) -> np.ndarray:

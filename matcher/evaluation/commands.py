@@ -8,7 +8,6 @@ Thin: parse, call :mod:`matcher.evaluation.run` / :mod:`matcher.colmap_db`, prin
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,15 +15,14 @@ from pathlib import Path
 import click
 
 from matcher.errors import ImageReadError, MatcherError, NoImagesError
+from matcher.shared_data import shared_data_dir
 
 __all__ = ["eval_command", "show_command", "default_data_dir"]
 
 
 def default_data_dir() -> Path:
-    """``$MATCHER_SHARED_DATA``, else ``../shared/data`` beside the repository this package was installed from."""
-    if os.environ.get("MATCHER_SHARED_DATA"):
-        return Path(os.environ["MATCHER_SHARED_DATA"])
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    """``$MATCHER_SHARED_DATA``, else ``../shared/data`` beside the checkout (:mod:`matcher.shared_data`)."""
+    return shared_data_dir()
 
 
 def _fail(exc: MatcherError) -> None:

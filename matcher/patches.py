@@ -16,7 +16,16 @@ import kornia.feature as KF
 
 from matcher.detect import Keypoints
 
-__all__ = ["PATCH_SIZE", "DEFAULT_MAGNIFICATION", "image_to_tensor", "lafs_from_keypoints", "extract_patches"]
+__all__ = [
+    "PATCH_SIZE",
+    "DEFAULT_MAGNIFICATION",
+    "image_to_tensor",
+    "lafs_from_keypoints",
+    "extract_patches",
+    "homography_jacobian",
+    "warp_lafs",
+    "lafs_inside_image",
+]
 
 PATCH_SIZE = 32
 DEFAULT_MAGNIFICATION = 6.0
@@ -74,3 +83,57 @@ def extract_patches(
         for i in range(0, n, chunk_size)
     ]
     return torch.cat(out, 0).float()
+
+
+def homography_jacobian(H: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map points through ``H`` and return the 2×2 Jacobian of the mapping at each point.
+
+    Args:
+        H: (3, 3) homography.
+        xy: (N, 2) points.
+
+    Returns:
+        (mapped points (N, 2), Jacobians (N, 2, 2)), float64.
+    """
+    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    u = H[0, 0] * x + H[0, 1] * y + H[0, 2]
+    v = H[1, 0] * x + H[1, 1] * y + H[1, 2]
+    w = H[2, 0] * x + H[2, 1] * y + H[2, 2]
+    mapped = np.stack([u / w, v / w], 1)
+    J = np.empty((len(x), 2, 2))
+    J[:, 0, 0] = (H[0, 0] * w - u * H[2, 0]) / w**2
+    J[:, 0, 1] = (H[0, 1] * w - u * H[2, 1]) / w**2
+    J[:, 1, 0] = (H[1, 0] * w - v * H[2, 0]) / w**2
+    J[:, 1, 1] = (H[1, 1] * w - v * H[2, 1]) / w**2
+    return mapped, J
+
+
+def warp_lafs(H: np.ndarray, lafs: np.ndarray) -> np.ndarray:
+    """LAFs mapped through a homography by its local affine approximation at each centre.
+
+    Args:
+        H: (3, 3) homography.
+        lafs: (N, 2, 3) LAFs ``[A | c]``.
+
+    Returns:
+        (N, 2, 3) float64 LAFs ``[J(c) A | H(c)]``.
+    """
+    centres, J = homography_jacobian(H, lafs[:, :, 2])
+    return np.concatenate([np.einsum("nij,njk->nik", J, lafs[:, :, :2]), centres[:, :, None]], 2)
+
+
+def lafs_inside_image(lafs: np.ndarray, height: int, width: int, border: float = 0.0) -> np.ndarray:
+    """Which LAFs' squares ``c + A [-1, 1]²`` lie inside a ``height`` × ``width`` image.
+
+    Args:
+        lafs: (N, 2, 3) LAFs in pixels (pixel centres at integers).
+        border: margin in pixels the corners must keep from the outermost pixel centres.
+
+    Returns:
+        (N,) bool.
+    """
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
+    pts = lafs[:, None, :, 2] + np.einsum("nij,kj->nki", lafs[:, :, :2], corners)
+    ok_x = (pts[..., 0] >= border) & (pts[..., 0] <= width - 1 - border)
+    ok_y = (pts[..., 1] >= border) & (pts[..., 1] <= height - 1 - border)
+    return (ok_x & ok_y).all(1)

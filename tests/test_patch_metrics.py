@@ -19,7 +19,8 @@ from matcher.training import (
     mean_average_precision,
     verification_pairs,
 )
-from matcher.training.homography_patches import homography_jacobian, random_homography
+from matcher.patches import homography_jacobian
+from matcher.training.homography_patches import random_homography
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

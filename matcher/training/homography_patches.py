@@ -30,7 +30,14 @@ import numpy as np
 import torch
 
 from matcher.detect import DetectionConfig, detect_keypoints
-from matcher.patches import DEFAULT_MAGNIFICATION, PATCH_SIZE, extract_patches, lafs_from_keypoints
+from matcher.patches import (
+    DEFAULT_MAGNIFICATION,
+    PATCH_SIZE,
+    extract_patches,
+    lafs_from_keypoints,
+    lafs_inside_image,
+    warp_lafs,
+)
 
 __all__ = [
     "HELDOUT_PHOTOS",
@@ -39,7 +46,6 @@ __all__ = [
     "load_photo",
     "make_homography_patches",
     "random_homography",
-    "homography_jacobian",
 ]
 
 #: scikit-image photos used for training (distinct from :data:`HELDOUT_PHOTOS`).
@@ -141,29 +147,6 @@ def random_homography(
     return H / H[2, 2]
 
 
-def homography_jacobian(H: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Map points through ``H`` and return the 2×2 Jacobian of the mapping at each point.
-
-    Args:
-        H: (3, 3) homography.
-        xy: (N, 2) points.
-
-    Returns:
-        (mapped points (N, 2), Jacobians (N, 2, 2)).
-    """
-    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
-    u = H[0, 0] * x + H[0, 1] * y + H[0, 2]
-    v = H[1, 0] * x + H[1, 1] * y + H[1, 2]
-    w = H[2, 0] * x + H[2, 1] * y + H[2, 2]
-    mapped = np.stack([u / w, v / w], 1)
-    J = np.empty((len(x), 2, 2))
-    J[:, 0, 0] = (H[0, 0] * w - u * H[2, 0]) / w**2
-    J[:, 0, 1] = (H[0, 1] * w - u * H[2, 1]) / w**2
-    J[:, 1, 0] = (H[1, 0] * w - v * H[2, 0]) / w**2
-    J[:, 1, 1] = (H[1, 1] * w - v * H[2, 1]) / w**2
-    return mapped, J
-
-
 def _jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Re-encode as JPEG at a random quality in [30, 90]."""
     quality = int(rng.integers(30, 91))
@@ -180,15 +163,6 @@ def _photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.2))
     x = x + rng.normal(0.0, rng.uniform(0.0, 0.025), x.shape).astype(np.float32)
     return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
-
-
-def _frame_inside(lafs: np.ndarray, height: int, width: int, border: float = 1.0) -> np.ndarray:
-    """True where the square ``c + A [-1, 1]²`` of each (N, 2, 3) LAF lies inside the image."""
-    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
-    pts = lafs[:, None, :, 2] + np.einsum("nij,kj->nki", lafs[:, :, :2], corners)
-    ok_x = (pts[..., 0] >= border) & (pts[..., 0] <= width - 1 - border)
-    ok_y = (pts[..., 1] >= border) & (pts[..., 1] <= height - 1 - border)
-    return (ok_x & ok_y).all(1)
 
 
 def _perturb(A: np.ndarray, c: np.ndarray, rng: np.random.Generator, strength: float) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +228,7 @@ def make_homography_patches(
         kps = detect_keypoints(gray, det_cfg)
         kps = kps.select(kps.scales >= min_scale)
         lafs_src = lafs_from_keypoints(kps, magnification)[0].double().numpy()  # (N, 2, 3)
-        inside = _frame_inside(lafs_src, h, w)
+        inside = lafs_inside_image(lafs_src, h, w, border=1.0)
         kps = kps.select(np.flatnonzero(inside)[:max_keypoints])
         lafs_src = lafs_src[np.flatnonzero(inside)[:max_keypoints]]
         n = len(kps)
@@ -269,11 +243,10 @@ def make_homography_patches(
                 warped = _photometric(warped, rng)
             if jpeg_prob > 0 and rng.random() < jpeg_prob:
                 warped = _jpeg(warped, rng)
-            c_new, J = homography_jacobian(H, lafs_src[:, :, 2])
-            A_new = np.einsum("nij,njk->nik", J, lafs_src[:, :, :2])
-            A_new, c_new = _perturb(A_new, c_new, rng, frame_noise)
+            mapped = warp_lafs(H, lafs_src)
+            A_new, c_new = _perturb(mapped[:, :, :2], mapped[:, :, 2], rng, frame_noise)
             lafs_w = np.concatenate([A_new, c_new[:, :, None]], 2)
-            ok = _frame_inside(lafs_w, h, w)
+            ok = lafs_inside_image(lafs_w, h, w, border=1.0)
             pw = torch.zeros((n, 1, PATCH_SIZE, PATCH_SIZE), dtype=torch.float32)
             if ok.any():
                 pw[ok] = extract_patches(warped, torch.from_numpy(lafs_w[ok]).float()[None])

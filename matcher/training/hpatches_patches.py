@@ -2,7 +2,7 @@
 
 DoG keypoints are detected in image 1 by the pipeline's detector (on the copy resized to ``max_edge``, as in
 ``match``); each keypoint's LAF is mapped into image k through the local affine approximation of the
-ground-truth homography ``H_1_k`` (its Jacobian, :func:`~matcher.training.homography_patches.homography_jacobian`)
+ground-truth homography ``H_1_k`` (its Jacobian, :func:`matcher.patches.warp_lafs`)
 and sampled with the pipeline's patch code. One keypoint is one identity; its views are image 1 and every
 image whose frame lies inside the image.
 """
@@ -17,16 +17,17 @@ import torch
 from matcher.config import DetectionConfig
 from matcher.detect import detect_keypoints
 from matcher.images import read_image, resize_for_detection
-from matcher.patches import DEFAULT_MAGNIFICATION, extract_patches, lafs_from_keypoints
-from matcher.training.homography_patches import PatchSet, homography_jacobian
+from matcher.patches import (
+    DEFAULT_MAGNIFICATION,
+    PATCH_SIZE,
+    extract_patches,
+    lafs_from_keypoints,
+    lafs_inside_image,
+    warp_lafs,
+)
+from matcher.training.homography_patches import PatchSet
 
 __all__ = ["patches_from_homography_sequence"]
-
-
-def _inside(lafs: np.ndarray, height: int, width: int) -> np.ndarray:
-    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float64)
-    pts = lafs[:, None, :, 2] + np.einsum("nij,kj->nki", lafs[:, :, :2], corners)
-    return ((pts[..., 0] >= 0) & (pts[..., 0] <= width - 1) & (pts[..., 1] >= 0) & (pts[..., 1] <= height - 1)).all(1)
 
 
 def patches_from_homography_sequence(
@@ -51,11 +52,9 @@ def patches_from_homography_sequence(
         if name == "1.ppm":
             lafs = lafs1
         else:
-            H = np.loadtxt(sequence_dir / f"H_1_{Path(name).stem}")
-            centres, J = homography_jacobian(H, lafs1[:, :, 2])
-            lafs = np.concatenate([np.einsum("nij,njk->nik", J, lafs1[:, :, :2]), centres[:, :, None]], 2)
-        ok = _inside(lafs, *gray.shape)
-        patches = torch.zeros((len(lafs), 1, 32, 32))
+            lafs = warp_lafs(np.loadtxt(sequence_dir / f"H_1_{Path(name).stem}"), lafs1)
+        ok = lafs_inside_image(lafs, *gray.shape)
+        patches = torch.zeros((len(lafs), 1, PATCH_SIZE, PATCH_SIZE))
         if ok.any():
             patches[ok] = extract_patches(gray, torch.from_numpy(lafs[ok]).float()[None])
         views.append(patches)

@@ -32,6 +32,7 @@ import numpy as np
 
 from matcher.config import DetectionConfig
 from matcher.errors import ConfigError
+from matcher.images import rescale_pixels
 
 __all__ = ["DetectionConfig", "Keypoints", "detect_keypoints"]
 
@@ -71,9 +72,7 @@ class Keypoints:
 
     def rescaled(self, sx: float, sy: float) -> "Keypoints":
         """Map to an image resized by (sx, sy): pixel centres scale as ``(x + 0.5) * s - 0.5``."""
-        xy = np.empty_like(self.xy)
-        xy[:, 0] = (self.xy[:, 0] + 0.5) * sx - 0.5
-        xy[:, 1] = (self.xy[:, 1] + 0.5) * sy - 0.5
+        xy = rescale_pixels(self.xy, sx, sy)
         scale_factor = float(np.sqrt(sx * sy))
         scales = (self.scales * scale_factor).astype(np.float32)
         shapes = None

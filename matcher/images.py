@@ -32,7 +32,9 @@ __all__ = [
     "list_other_files",
     "scan_folder",
     "read_image",
+    "read_picture",
     "resize_for_detection",
+    "rescale_pixels",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".ppm", ".pgm", ".bmp", ".webp")
@@ -176,11 +178,28 @@ def read_image(folder: Path, name: str) -> ImageData:
     return ImageData(name=name, gray=np.ascontiguousarray(gray))
 
 
+def read_picture(path: Path) -> np.ndarray:
+    """An image to draw on: (H, W, 3) uint8 BGR as OpenCV decodes it, EXIF orientation ignored (as COLMAP);
+    formats OpenCV cannot decode come back as (H, W) grey from :func:`read_image` (its errors included)."""
+    path = Path(path)
+    picture = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return picture if picture is not None else read_image(path.parent, path.name).gray
+
+
+def rescale_pixels(xy: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """(N, 2) pixel coordinates in an image resized by (sx, sy) (OpenCV pixel centres, which scale about the
+    image edges): ``(x + 0.5) * s - 0.5`` per axis. The one place of this convention; (N, 2) of ``xy``'s dtype."""
+    out = np.empty_like(xy)
+    out[:, 0] = (xy[:, 0] + 0.5) * sx - 0.5
+    out[:, 1] = (xy[:, 1] + 0.5) * sy - 0.5
+    return out
+
+
 def resize_for_detection(gray: np.ndarray, max_edge: int) -> tuple[np.ndarray, float, float]:
     """Downscale so the longer edge is at most ``max_edge`` (0: never). Never upscales.
 
     Returns:
-        (resized (h, w) uint8, sx, sy) where full-resolution = (resized + 0.5) * s - 0.5 per axis.
+        (resized (h, w) uint8, sx, sy); full-resolution = :func:`rescale_pixels` (resized, sx, sy).
     """
     h, w = gray.shape
     if max_edge <= 0 or max(h, w) <= max_edge:

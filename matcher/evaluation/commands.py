@@ -124,10 +124,9 @@ def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tup
 def show_command(database: Path, image1: str, image2: str, out: Path, image_dir: Path | None, max_draw: int) -> None:
     """Draw the matches of IMAGE1 and IMAGE2 stored in DATABASE (a COLMAP database): verified inliers green,
     rejected matches red. IMAGE1 and IMAGE2 are image names as stored in the database."""
-    import cv2
-
     from matcher.colmap_db import read_keypoints_and_matches
     from matcher.evaluation.plots import draw_matches
+    from matcher.images import read_picture
 
     try:
         pair = read_keypoints_and_matches(database, image1, image2)
@@ -139,12 +138,7 @@ def show_command(database: Path, image1: str, image2: str, out: Path, image_dir:
             path = folder / name
             if not path.is_file():
                 raise ImageReadError(f"{path}: image not found; pass --images DIR (the folder the database was made from)")
-            picture = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as COLMAP reads it
-            if picture is None:
-                from matcher.images import read_image
-
-                picture = read_image(folder, name).gray
-            pictures.append(picture)
+            pictures.append(read_picture(path))
         for name, picture, size in ((image1, pictures[0], pair.size1), (image2, pictures[1], pair.size2)):
             if (picture.shape[1], picture.shape[0]) != size:
                 click.echo(f"warning: {name} is {picture.shape[1]}x{picture.shape[0]} but its camera in the database "

@@ -56,7 +56,7 @@ from matcher.evaluation.pose import (
     rotation_angle_deg,
 )
 from matcher.evaluation.report import markdown_table, write_report
-from matcher.images import list_images
+from matcher.images import list_images, read_picture, rescale_pixels
 
 __all__ = [
     "MMA_THRESHOLDS",
@@ -111,26 +111,17 @@ def _run_method(method: Method, image_dir: Path, pairs, work_dir: Path, reconstr
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _read_color(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # as COLMAP: no EXIF rotation
-    if image is None:
-        from matcher.images import read_image
-
-        image = read_image(path.parent, path.name).gray
-    return image
-
-
 def _draw_pair(path1: Path, path2: Path, xy1, xy2, inliers, out: Path, max_edge: int = PICTURE_EDGE) -> Path:
     """A match picture on copies of the images resized to ``max_edge`` (coordinates mapped with them)."""
     images, points = [], []
     for path, xy in ((path1, xy1), (path2, xy2)):
-        image = _read_color(path)
+        image = read_picture(path)
         factor = min(1.0, max_edge / max(image.shape[:2])) if max_edge > 0 else 1.0
         if factor < 1.0:
             size = (max(1, round(image.shape[1] * factor)), max(1, round(image.shape[0] * factor)))
             sx, sy = size[0] / image.shape[1], size[1] / image.shape[0]
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-            xy = np.stack([(xy[:, 0] + 0.5) * sx - 0.5, (xy[:, 1] + 0.5) * sy - 0.5], axis=1)
+            xy = rescale_pixels(xy, sx, sy)
         images.append(image)
         points.append(xy)
     draw_matches(images[0], images[1], points[0], points[1], inliers, out, max_draw=300)
@@ -174,7 +165,7 @@ def evaluate_homography(
         raise NoImagesError(f"{sequence_dir}: no H_1_k ground-truth files")
     by_number = {int(p.stem): p for p in images}
     reference = by_number[1]
-    width, height = _read_color(reference).shape[1::-1]
+    width, height = read_picture(reference).shape[1::-1]
     pairs = [(reference.name, by_number[k].name) for k in homographies]
     hardest = pairs[-1]
     rows = []

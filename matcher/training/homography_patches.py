@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from matcher.detect import DetectionConfig, detect_keypoints
+from matcher.images import read_image
 from matcher.patches import (
     DEFAULT_MAGNIFICATION,
     PATCH_SIZE,
@@ -88,9 +89,7 @@ def load_photo(name: str | Path, max_side: int = 640) -> np.ndarray:
     """
     path = Path(name)
     if path.suffix and path.exists():
-        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if gray is None:
-            raise ValueError(f"cannot read image {path}")
+        gray = read_image(path.parent, path.name).gray
     else:
         import skimage.data
 

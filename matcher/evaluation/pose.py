@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "StrechaCamera",
     "estimate_relative_pose",
+    "nearest_rotation",
     "pose_auc",
     "read_strecha_camera",
     "relative_pose",
@@ -93,12 +94,12 @@ def read_strecha_camera(
     if image_size is not None and tuple(image_size) != (width, height):
         K = scale_intrinsics(K, image_size[0] / width, image_size[1] / height)
         width, height = int(image_size[0]), int(image_size[1])
-    R = _nearest_rotation(R_file.T)
+    R = nearest_rotation(R_file.T)
     return StrechaCamera(K=K, R=R, t=-R @ center, center=center, width=width, height=height)
 
 
-def _nearest_rotation(M: np.ndarray) -> np.ndarray:
-    """The rotation matrix closest to M (3, 3) in the Frobenius norm."""
+def nearest_rotation(M: np.ndarray) -> np.ndarray:
+    """The rotation matrix closest to M (3, 3) in the Frobenius norm (its projection onto SO(3))."""
     U, _, Vt = np.linalg.svd(M)
     D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
     return U @ D @ Vt

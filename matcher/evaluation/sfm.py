@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .pose import read_strecha_camera, rotation_angle_deg
+from .pose import nearest_rotation, read_strecha_camera, rotation_angle_deg
 
 if TYPE_CHECKING:
     import pycolmap
@@ -121,8 +121,7 @@ def absolute_pose_errors(
 
 
 def _chordal_mean(Q: np.ndarray) -> np.ndarray:
-    U, _, Vt = np.linalg.svd(Q.sum(axis=0))
-    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    return nearest_rotation(Q.sum(axis=0))
 
 
 def rotation_alignment(R_est: np.ndarray, R_gt: np.ndarray, robust: bool = False) -> np.ndarray:

@@ -27,6 +27,7 @@ __all__ = [
     "VerificationConfig",
     "ExportConfig",
     "MappingConfig",
+    "ViewpointConfig",
     "PipelineConfig",
     "available_presets",
     "preset_path",
@@ -89,6 +90,17 @@ def _camera_model() -> Rule:
         return name in pycolmap.CameraModelId.__members__ and name != "INVALID"
 
     return (known, "a COLMAP camera model (SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, ...)")
+
+
+def _tilts() -> Rule:
+    def tilts(text: str) -> bool:
+        try:
+            values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        except ValueError:
+            return False
+        return bool(values) and all(math.isfinite(v) and 1.0 < v <= 32.0 for v in values)
+
+    return (tilts, "comma-separated tilts above 1 and at most 32, e.g. \"2, 4, 8\"")
 
 
 @dataclass
@@ -297,6 +309,35 @@ class MappingConfig:
 
 
 @dataclass
+class ViewpointConfig:
+    """Matching on demand with affine view synthesis (matcher.on_demand; the ``viewpoint`` preset switches it on).
+
+    ``on_demand``: after the normal pass, retry unverified pairs of weakly connected images (fewer than
+    ``retry_below`` verified pairs; at most ``max_retries_per_image`` pairs each, most raw matches first) with
+    keypoints of simulated views, one step per tilt of ``tilts`` (comma-separated, in order), longitudes every
+    ``rotation_step / t`` degrees, ``view_keypoints`` per view; the first step that verifies with at least
+    ``retry_inliers`` inliers is kept (pairs verified with fewer count as failed).
+    ``spatial_px``: the ratio test's second neighbour is the nearest one farther than this (detection-image
+    pixels) from the first.
+    """
+
+    on_demand: bool = False
+    tilts: str = "2, 4, 8"
+    rotation_step: float = 72.0
+    view_keypoints: int = 1024
+    retry_below: int = 2
+    max_retries_per_image: int = 4
+    retry_inliers: int = 30
+    spatial_px: float = 10.0
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "on_demand": _one_of(True, False), "tilts": _tilts(), "rotation_step": _within(1.0, 180.0),
+        "view_keypoints": _at_least(1), "retry_below": _at_least(1), "max_retries_per_image": _at_least(1),
+        "retry_inliers": _at_least(8), "spatial_px": _at_least(0.0),
+    }
+
+
+@dataclass
 class PipelineConfig:
     """All stages' settings, one section each (the sections of a preset file)."""
 
@@ -309,6 +350,7 @@ class PipelineConfig:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    viewpoint: ViewpointConfig = field(default_factory=ViewpointConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

@@ -62,6 +62,7 @@ __all__ = [
     "PairMatches",
     "FeatureStore",
     "MatchStore",
+    "ViewStore",
     "escape_name",
     "pair_key",
     "write_patch_dataset",
@@ -366,6 +367,87 @@ class MatchStore(_Store):
             raise StorageError(
                 f"{self.path}: cannot read matches of {name1} {name2} ({_first_line(exc)}); rerun to recompute"
             ) from None
+
+
+class ViewStore(_Store):
+    """Keypoints found on demand on synthesised views (:mod:`matcher.on_demand`), in ``views.h5``.
+
+    A group per image and step, ``<name>@<step>`` (step 1, 2, ...: one tilt each), with the datasets of a features
+    group (full-resolution pixels) plus ``shapes`` (n, 2, 2) float32, the affine frames' shapes (determinant 1);
+    attrs ``tilt``, ``content`` (SHA-1 of the image file). An image's keypoints in the database are its features
+    followed by its steps 1, 2, ... in order, so the indices of matches found at step k stay valid when later
+    steps are added. A group per pair solved on demand, ``solved|<name1>|<name2>``: attrs ``step``,
+    ``content1``, ``content2``.
+    """
+
+    kind = "view features"
+
+    @staticmethod
+    def _step_key(name: str, step: int) -> str:
+        return f"{escape_name(name)}@{step}"
+
+    def usable_step(self, name: str, step: int, content: str | None = None) -> bool:
+        """The group of ``name`` at ``step`` is complete, from this image content, and reads back intact."""
+        key = self._step_key(name, step)
+        if key not in self.file or (content is not None and self.file[key].attrs.get("content", "") != content):
+            return False
+        reason = self._damaged(key, f"view features of {name} step {step}")
+        if reason is not None:
+            self._drop_damaged(key, f"view features of {name} step {step}", reason)
+            return False
+        return True
+
+    def steps(self, name: str) -> list[int]:
+        """The steps stored for ``name`` from 1 on without a gap (a later step after a gap is not used)."""
+        found, step = [], 1
+        while self._step_key(name, step) in self.file:
+            found.append(step)
+            step += 1
+        return found
+
+    def write_step(self, name: str, step: int, tilt: float, features: ImageFeatures, shapes: np.ndarray,
+                   content: str = "") -> None:
+        """Write (replace) the keypoints of ``name`` found at ``step``. Raises StorageError."""
+        arrays = {
+            "keypoints": features.keypoints.astype(np.float32).reshape(-1, 2),
+            "scales": features.scales.astype(np.float32),
+            "orientations": features.orientations.astype(np.float32),
+            "scores": features.scores.astype(np.float32),
+            "descriptors": features.descriptors.astype(np.float32),
+            "shapes": shapes.astype(np.float32).reshape(-1, 2, 2),
+        }
+        attrs = {"tilt": float(tilt), "content": content, "width": features.width, "height": features.height}
+        self._write_group(self._step_key(name, step), f"view features of {name} step {step}", arrays, attrs)
+
+    def read_step(self, name: str, step: int) -> tuple[ImageFeatures, np.ndarray]:
+        """(features, shapes (n, 2, 2)) of ``name`` at ``step``. Raises StorageError."""
+        what = f"view features of {name} step {step}"
+        group = self._read_group(self._step_key(name, step), what)
+        try:
+            features = ImageFeatures(
+                keypoints=group["keypoints"][()], scales=group["scales"][()],
+                orientations=group["orientations"][()], scores=group["scores"][()],
+                descriptors=group["descriptors"][()], width=int(group.attrs["width"]),
+                height=int(group.attrs["height"]),
+            )
+            return features, group["shapes"][()]
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
+            raise StorageError(f"{self.path}: cannot read {what} ({_first_line(exc)}); rerun to recompute") from None
+
+    def write_solved(self, name1: str, name2: str, step: int, content: tuple[str, str] = ("", "")) -> None:
+        """Record that the pair verified at ``step`` (the matches file holds its matches)."""
+        attrs = {"step": int(step), "content1": content[0], "content2": content[1]}
+        self._write_group(f"solved|{pair_key(name1, name2)}", f"on-demand record of {name1} {name2}", {}, attrs)
+
+    def solved_step(self, name1: str, name2: str, content: tuple[str, str] | None = None) -> int:
+        """The step at which the pair verified on demand, 0 if it did not (or not from this content)."""
+        key = f"solved|{pair_key(name1, name2)}"
+        if key not in self.file:
+            return 0
+        attrs = self.file[key].attrs
+        if content is not None and (attrs.get("content1", ""), attrs.get("content2", "")) != tuple(content):
+            return 0
+        return int(attrs.get("step", 0))
 
 
 def write_patch_dataset(

@@ -1,0 +1,125 @@
+"""Extreme-viewpoint pairs with known homographies, and their evaluation (``bench/extreme_viewpoint.py``).
+
+A synthetic pair is a photo and the same photo seen under an affine camera tilt: ``H = R(rotation) T(tilt)
+R(-longitude)`` with ``T(t) = diag(1, 1/t)`` (the plane shrinks by ``t`` across the tilt direction, as a plane
+seen at ``arccos(1/t)`` from its normal), a mild perspective term, scaled to keep the photo's size, centred.
+Ground truth is ``H`` (image 1 -> image 2 pixels, pixel centres at integers).
+
+Each pair is matched by each method into a two-image database (the real pipeline or pycolmap); the result is the
+homography fitted to the pair's verified inliers (the method's own RANSAC output) and its mean corner error
+against the ground truth (:func:`matcher.evaluation.homography.corner_error`). A pair the method does not verify
+has an infinite error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["TiltedPair", "tilt_homography", "make_tilted_pair", "write_tilted_pairs", "tilt_band", "TILT_BANDS"]
+
+TILT_BANDS = ((1.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 9.0))
+"""Tilt bands of the report: [low, high)."""
+
+
+def tilt_band(tilt: float) -> str:
+    """The band name of a tilt, e.g. ``"4-6"``."""
+    for low, high in TILT_BANDS:
+        if low <= tilt < high:
+            return f"{low:g}-{high:g}"
+    return f">={TILT_BANDS[-1][1]:g}"
+
+
+@dataclass
+class TiltedPair:
+    """One synthetic pair: names of the two image files, the ground truth ``H`` (3, 3), its parameters."""
+
+    name: str
+    image1: str
+    image2: str
+    H: np.ndarray
+    tilt: float
+    longitude: float
+    rotation: float
+    width: int
+    height: int
+
+
+def tilt_homography(width: int, height: int, tilt: float, longitude: float, rotation: float,
+                    perspective: float = 0.0) -> tuple[np.ndarray, tuple[int, int]]:
+    """H (3, 3) mapping a (width x height) image to the tilted view, and the view's size (w, h).
+
+    The view keeps the image's area (its longer edge at most 1.25x the image's) and holds all of the warped image.
+    ``perspective``: a keystone term (fraction of foreshortening across the image along the tilt direction).
+    """
+    def rot(deg: float) -> np.ndarray:
+        a = math.radians(deg)
+        return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+
+    centre = np.array([[1, 0, -(width - 1) / 2], [0, 1, -(height - 1) / 2], [0, 0, 1.0]])
+    keystone = np.eye(3)
+    keystone[2, 1] = perspective / max(width, height)
+    H = rot(rotation) @ np.diag([1.0, 1.0 / tilt, 1.0]) @ keystone @ rot(-longitude) @ centre
+    corners = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float64)
+    warped = cv2.perspectiveTransform(corners[None], H)[0]
+    span = warped.max(0) - warped.min(0)
+    scale = min(math.sqrt(width * height / max(span[0] * span[1], 1.0)), 1.25 * max(width, height) / span.max())
+    H = np.diag([scale, scale, 1.0]) @ H
+    warped = cv2.perspectiveTransform(corners[None], H)[0]
+    H = np.array([[1, 0, -warped[:, 0].min()], [0, 1, -warped[:, 1].min()], [0, 0, 1.0]]) @ H
+    size = np.ceil(warped.max(0) - warped.min(0)).astype(int) + 1
+    return H / H[2, 2], (int(size[0]), int(size[1]))
+
+
+def make_tilted_pair(gray: np.ndarray, tilt: float, longitude: float, rotation: float,
+                     perspective: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(view (h, w) uint8, H (3, 3)): ``gray`` seen under the tilt, warped with anti-aliasing (INTER_AREA-like:
+    the image is blurred along the compressed direction first)."""
+    h, w = gray.shape
+    H, size = tilt_homography(w, h, tilt, longitude, rotation, perspective)
+    # Anti-aliasing as ASIFT's: the tilt direction shrinks by c = scale / tilt (the rest of H scales by
+    # scale = sqrt(det * tilt)); blur it by 0.8 sqrt(1/c^2 - 1) first, in a frame turned by the longitude (cv2's
+    # rotation by the longitude is R(-longitude), the rotation H applies before compressing y).
+    shrink = math.sqrt(abs(np.linalg.det(H[:2, :2] / H[2, 2])) / tilt)
+    sigma = 0.8 * math.sqrt(max(1.0 / shrink**2 - 1.0, 0.0))
+    source = gray
+    if sigma > 0.3:
+        rot = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), longitude, 1.0)
+        back = cv2.invertAffineTransform(rot)
+        turned = cv2.warpAffine(gray, rot, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        turned = cv2.GaussianBlur(turned, (0, 0), sigmaX=1e-6, sigmaY=sigma)
+        source = cv2.warpAffine(turned, back, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    view = cv2.warpPerspective(source, H, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return view, H
+
+
+def write_tilted_pairs(photos: list[Path], out_dir: Path, tilts: list[float], seed: int = 0,
+                       max_edge: int = 800) -> list[TiltedPair]:
+    """For every photo and tilt: a folder ``out_dir/<photo>_t<tilt>`` holding ``1.png`` (the photo, longer
+    edge ``max_edge``) and ``2.png`` (its tilted view) with random longitude, in-plane rotation and a mild
+    perspective (seeded). Returns the pairs with their ground truth."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for photo in photos:
+        gray = cv2.imread(str(photo), cv2.IMREAD_GRAYSCALE)
+        if gray is None:
+            raise FileNotFoundError(f"{photo}: cannot read image")
+        s = max_edge / max(gray.shape)
+        if s < 1:
+            gray = cv2.resize(gray, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        for tilt in tilts:
+            longitude, rotation = float(rng.uniform(0, 180)), float(rng.uniform(-180, 180))
+            perspective = float(rng.uniform(-0.2, 0.2))
+            view, H = make_tilted_pair(gray, tilt, longitude, rotation, perspective)
+            name = f"{photo.parent.parent.name}-{photo.stem}_t{tilt:g}"
+            folder = Path(out_dir) / name
+            folder.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / "1.png"), gray)
+            cv2.imwrite(str(folder / "2.png"), view)
+            np.savetxt(folder / "H_1_2", H)
+            pairs.append(TiltedPair(name, "1.png", "2.png", H, tilt, longitude, rotation, gray.shape[1], gray.shape[0]))
+    return pairs

@@ -282,12 +282,11 @@ def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: 
         pc = G @ tc
         if np.all(pc[2] <= 0):
             continue
-        if np.all(pc[2] > 0):
-            xy = pc[:2] / pc[2]
-            c0, c1 = int(max(0, math.floor(xy[0].min()))), int(min(W, math.ceil(xy[0].max()) + 1))
-            r0, r1 = int(max(0, math.floor(xy[1].min()))), int(min(H, math.ceil(xy[1].max()) + 1))
-        else:  # straddles the camera plane: test every pixel
-            c0, c1, r0, r1 = 0, W, 0, H
+        if not np.all(pc[2] > 0):  # straddles the camera plane: the part in front of it bounds the pixels
+            pc = _clip_in_front(pc)
+        xy = pc[:2] / pc[2]
+        c0, c1 = int(max(0, math.floor(xy[0].min()))), int(min(W, math.ceil(xy[0].max()) + 1))
+        r0, r1 = int(max(0, math.floor(xy[1].min()))), int(min(H, math.ceil(xy[1].max()) + 1))
         if c0 >= c1 or r0 >= r1:
             continue
         levels = textures[index]
@@ -299,8 +298,12 @@ def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: 
             mx = (h[0][0] * jj + (h[0][1] * ii + h[0][2])) / w
             my = (h[1][0] * jj + (h[1][1] * ii + h[1][2])) / w
         hit = (w > inv_depth[r0:r1, c0:c1]) & (mx >= -0.5) & (mx < tw - 0.5) & (my >= -0.5) & (my < th - 0.5)
-        if not hit.any():
+        rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+        if rows.size == 0:
             continue
+        crop = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # only where the quad is drawn
+        w, mx, my, hit = w[crop], mx[crop], my[crop], hit[crop]
+        r0, r1, c0, c1 = r0 + rows[0], r0 + rows[-1] + 1, c0 + cols[0], c0 + cols[-1] + 1
         # mip level: log2 of the texel footprint of one hi-res pixel (the longer of d texel / d column and
         # d texel / d row, from the derivative of the homography)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -320,6 +323,19 @@ def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: 
         np.copyto(img[r0:r1, c0:c1], colour, where=hit[:, :, None])
         np.copyto(inv_depth[r0:r1, c0:c1], w, where=hit)
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA), inv_depth
+
+
+def _clip_in_front(polygon: np.ndarray, near: float = 1e-3) -> np.ndarray:
+    """The part of a convex polygon (3, M) of homogeneous pixels ``depth * [x, y, 1]`` with depth >= ``near``
+    (Sutherland-Hodgman against one plane); (3, M') with M' >= 1 when any vertex is in front."""
+    out = []
+    points = list(polygon.T)
+    for a, b in zip(points, points[1:] + points[:1]):
+        if a[2] >= near:
+            out.append(a)
+        if (a[2] >= near) != (b[2] >= near):
+            out.append(a + (near - a[2]) / (b[2] - a[2]) * (b - a))
+    return np.array(out).T
 
 
 @dataclass

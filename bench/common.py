@@ -244,12 +244,11 @@ def command_line() -> str:
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]], align: str | None = None) -> str:
-    """A GitHub-flavoured Markdown table; ``align`` is one character per column (l, r, c)."""
-    align = align or "l" + "r" * (len(headers) - 1)
-    sep = {"l": ":---", "r": "---:", "c": ":---:"}
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join(sep[a] for a in align) + "|"]
-    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(out)
+    """A GitHub-flavoured Markdown table; ``align`` is one character per column (l, r, c): the package's
+    :func:`matcher.evaluation.report.markdown_grid`."""
+    from matcher.evaluation.report import markdown_grid
+
+    return markdown_grid(headers, rows, align, floatfmt="")
 
 
 def fmt_ms(seconds: float) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_value", "markdown_table", "write_report"]
+__all__ = ["format_value", "markdown_grid", "markdown_table", "write_report"]
 
 
 def format_value(value: Any, floatfmt: str = ".3f") -> str:
@@ -47,10 +47,28 @@ def markdown_table(
         and all(is_number(row.get(c)) or row.get(c) is None for row in rows)
         for c in columns
     ]
-    header = "| " + " | ".join(format_value(c) for c in columns) + " |"
-    rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
-    body = ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join([header, rule, *body]) + "\n"
+    return _grid([format_value(c) for c in columns], cells, "".join("r" if n else "-" for n in numeric)) + "\n"
+
+
+_RULES = {"-": "---", "l": ":---", "r": "---:", "c": ":---:"}
+
+
+def markdown_grid(
+    headers: Sequence[Any], rows: Iterable[Sequence[Any]], align: str | None = None, floatfmt: str = ".3f"
+) -> str:
+    """A GitHub-flavoured Markdown table of ready rows (lists of cells, each through :func:`format_value`
+    with ``floatfmt``; ``""`` prints floats as ``str`` does).
+
+    align: one character per column, ``l``/``r``/``c`` or ``-`` (no alignment); default: the first column left,
+    the others right. No trailing newline.
+    """
+    cells = [[format_value(c, floatfmt) for c in row] for row in rows]
+    return _grid([format_value(h) for h in headers], cells, align or "l" + "r" * (len(headers) - 1))
+
+
+def _grid(headers: list[str], cells: list[list[str]], align: str) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(_RULES[a] for a in align) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
 def write_report(

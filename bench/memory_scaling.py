@@ -6,14 +6,14 @@ no reconstruction. Reported per N:
 
 * whole-run peak RSS of the child (``VmHWM``, imports of torch/kornia/pycolmap included) and the RSS right
   before ``run_match`` (the fixed cost of the interpreter and libraries);
-* per phase (extract_all, match_all, write_database, wrapped in the child only to measure): the peak RSS during
-  the phase (the high-water mark is reset at its start) and the RSS right after it. After match_all the child
+* per phase (extract_features, match_features, export_database, wrapped in the child only to measure): the peak RSS during
+  the phase (the high-water mark is reset at its start) and the RSS right after it. After match_features the child
   also runs ``gc.collect()`` + glibc ``malloc_trim(0)`` and reads RSS again ("live"): memory still in use, as
   opposed to freed heap memory the allocator kept. Phase peaks do not add up: each is an absolute RSS;
 * sizes of features.h5, matches.h5 and the database.
 
 Extra runs to explain growth: ``--small-cache-ns`` repeats some N with the pipeline's feature LRU
-(``pipeline._FeatureCache``, 16 images by default) limited to 4 images, patched in the child;
+(``matcher.stages.match.FeatureCache``, 16 images by default) limited to 4 images, patched in the child;
 ``--fixed-mmap-ns`` repeats some N with ``MALLOC_MMAP_THRESHOLD_=1048576`` in the child's environment (glibc then
 serves every block above 1 MiB with its own mmap and unmaps it on free, instead of raising the threshold
 dynamically and recycling big freed blocks inside a fragmenting heap).
@@ -64,16 +64,18 @@ def child(image_dir: str, workdir: str, threads: int, cache_capacity: int | None
 
         return wrapper
 
-    pipeline.extract_all = probe("extract", pipeline.extract_all)
-    pipeline.match_all = probe("match", pipeline.match_all)
-    pipeline.write_database = probe("export", pipeline.write_database)
+    import matcher.stages.match as match_stage
+
+    pipeline.extract_features = probe("extract", pipeline.extract_features)
+    pipeline.match_features = probe("match", pipeline.match_features)
+    pipeline.export_database = probe("export", pipeline.export_database)
     if cache_capacity is not None:
-        original_init = pipeline._FeatureCache.__init__
+        original_init = match_stage.FeatureCache.__init__
 
         def small_init(self, store, capacity=cache_capacity):  # noqa: ANN001, ANN202
             original_init(self, store, capacity)
 
-        pipeline._FeatureCache.__init__ = small_init
+        match_stage.FeatureCache.__init__ = small_init
 
     config = load_config("rootsift")
     config.mapping.num_threads = threads

@@ -82,6 +82,7 @@ def _prepare(image_dir: Path, size: int, n: int, threads: int, workdir: Path) ->
     from matcher.images import read_image, resize_for_detection
     from matcher.matching import mutual_nearest_neighbours
     from matcher.patches import extract_patches, lafs_from_keypoints
+    from matcher.stages import threshold_px
     from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches
     from matcher.verify import verify_pair
 
@@ -111,15 +112,13 @@ def _prepare(image_dir: Path, size: int, n: int, threads: int, workdir: Path) ->
     match_cfg, verif_cfg = MatchingConfig(), VerificationConfig()
     matches, scores = mutual_nearest_neighbours(desc[0], desc[1], match_cfg)
     full_kps = [k.rescaled(sx, sy) for k, (_, sx, sy) in zip(kps, resized)]
-    edge = max(full[0].shape)
-    threshold = verif_cfg.threshold * (edge / size if edge > size else 1.0)  # as pipeline._threshold_px
-    xy1, xy2 = full_kps[0].xy[matches[:, 0]], full_kps[1].xy[matches[:, 1]]
-    verification = verify_pair(xy1, xy2, threshold, verif_cfg)
-
     features = [
         ImageFeatures(k.xy, k.scales, k.orientations, k.scores, d, g.shape[1], g.shape[0])
         for k, d, g in zip(full_kps, desc, full)
     ]
+    xy1, xy2 = full_kps[0].xy[matches[:, 0]], full_kps[1].xy[matches[:, 1]]
+    threshold = threshold_px(verif_cfg.threshold, size, features[0], features[1])  # the pipeline's rule
+    verification = verify_pair(xy1, xy2, threshold, verif_cfg)
     pair = PairMatches(matches, scores, verification.inliers, verification.F, verification.H, verification.model)
 
     options = pycolmap.FeatureExtractionOptions()

@@ -24,7 +24,7 @@ inside a name replaced by ``-`` (so ``name0`` is a group holding ``name1``):
 
 The export writes our raw (mutual nearest neighbour) matches, as hloc's matchers do, or only the RANSAC
 inliers (``inliers_only``, for hloc's ``skip_geometric_verification``). The import reads hloc's raw matches
-and verifies them with our RANSAC (:func:`matcher.verify.verify_pair`, the pipeline's threshold and
+and verifies them with our RANSAC (:func:`matcher.stages.verify_matches`, the pipeline's threshold and
 settings), so the database holds raw matches and verified two-view geometries exactly as ``match`` writes
 them; with the same features and matches it is the same database.
 """
@@ -224,19 +224,14 @@ def read_pairs_file(path: Path) -> list[tuple[str, str]]:
 def _verified_pairs(
     pairs: list[tuple[str, str]], matches_path: Path, features: dict[str, ImageFeatures], config: PipelineConfig
 ) -> Iterator[tuple[str, str, PairMatches]]:
-    from matcher.pipeline import _threshold_px  # the pipeline's threshold rule: one home
-    from matcher.verify import verify_pair
+    from matcher.stages import verify_matches  # the pipeline's verification step: one home
 
     for name0, name1 in pairs:
         matches, scores = read_hloc_matches(matches_path, name0, name1)
         f0, f1 = features[name0], features[name1]
         if len(matches) and (matches.max(0) >= (len(f0), len(f1))).any():
             raise IncompatibleDatabaseError(f"{matches_path}: pair {name0} {name1} indexes missing keypoints")
-        result = verify_pair(
-            f0.keypoints[matches[:, 0]], f1.keypoints[matches[:, 1]], _threshold_px(config, f0, f1),
-            config.verification,
-        )
-        yield name0, name1, PairMatches(matches, scores, result.inliers, result.F, result.H, result.model)
+        yield name0, name1, verify_matches(f0, f1, matches, scores, config.verification, config.images.max_edge)
 
 
 def import_hloc(

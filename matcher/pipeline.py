@@ -17,13 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import logging
 import time
-from collections import OrderedDict, deque
 from contextlib import contextmanager
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -32,27 +28,25 @@ import cv2
 import numpy as np
 import torch
 
-from matcher.colmap_db import DatabaseImage, camera_params, focal_prior, write_database
-from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legacy_database
+from matcher.colmap_db import camera_params
+from matcher.colmap_legacy_db import schema_name
 from matcher.config import PipelineConfig, config_to_toml, validate_config
-from matcher.descriptors import build_descriptor, descriptor_settings, load_sdgmnet, resolve_weights
-from matcher.detect import detect_keypoints
-from matcher.errors import (
-    ConfigError, DatabaseExistsError, ImageReadError, IncompatibleDatabaseError, NoImagesError, StorageError,
-)
-from matcher.images import list_images, read_image, resize_for_detection, scan_folder
-from matcher.matching import mutual_nearest_neighbours, similarity_dtype
+from matcher.descriptors import load_sdgmnet
+from matcher.errors import ConfigError, DatabaseExistsError, NoImagesError, StorageError
+from matcher.images import list_images, scan_folder
 from matcher.output_lock import OutputLock
-from matcher.pairs import make_pairs, read_pairs_file
+from matcher.pairs import read_pairs_file
 from matcher.progress import progress_bar
 from matcher.mapping import ReconstructionSummary, model_path, reconstruct
-from matcher.masks import mask_path, masks_digest, read_mask, resize_mask, unmasked
-from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches, ensure_space
+from matcher.masks import mask_path
+from matcher.stages import (
+    FEATURE_SECTIONS, MATCH_SECTIONS, FeatureSettings, export_database, extract_features, make_pairs, match_features,
+)
+from matcher.stages.cache import fingerprint
 from matcher.threads import thread_budget
 from matcher.undistortion import UndistortSummary, undistort
-from matcher.verify import verify_pair
 
-__all__ = ["OutputPaths", "RunReport", "run_match", "extract_all", "match_all"]
+__all__ = ["OutputPaths", "RunReport", "run_match", "feature_settings", "FEATURE_SECTIONS", "MATCH_SECTIONS"]
 
 log = logging.getLogger("matcher")
 
@@ -130,249 +124,13 @@ class RunReport:
 
 
 def _fingerprint(config: PipelineConfig, sections: tuple[str, ...], masks: str = "") -> str:
-    """``masks``: :func:`matcher.masks.masks_digest` of the run (the masks' content, not their folder's path)."""
-    data = {s: dict(getattr(config, s).__dict__) for s in sections}  # copies: the config is not touched
-    if "images" in data and data["images"].pop("mask_dir", ""):
-        data["masks_sha256"] = masks
-    if config.descriptor.name == "sdgmnet":
-        path = resolve_weights(config.descriptor.weights)
-        data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-        data.get("descriptor", {}).update(descriptor_settings(config.descriptor), bf16=None)  # auto -> resolved
-    # Settings that do not change results are left out; ``auto`` precision is recorded as what it resolves to.
-    data.get("descriptor", {}).pop("batch_size", None)
-    if "matching" in data:
-        for key in ("threads", "workers"):
-            data["matching"].pop(key, None)
-        data["matching"]["precision"] = str(similarity_dtype(config.matching.precision))
-    return json.dumps(data, sort_keys=True)
+    """:func:`matcher.stages.cache.fingerprint` of ``config``'s ``sections``."""
+    return fingerprint({s: getattr(config, s) for s in sections}, masks)
 
 
-FEATURE_SECTIONS = ("images", "detection", "patches", "descriptor")
-MATCH_SECTIONS = FEATURE_SECTIONS + ("matching", "verification")
-
-
-def _open_cache(store_type: type, path: Path, fingerprint: str, overwrite: bool):
-    """Open (create) a cache for this run's settings. A cache of other settings that holds results is refused
-    without ``overwrite``; one that holds nothing (a run that failed before computing anything) is reused. The
-    fingerprint is written only when it changes (a write can fail on a full disk)."""
-    store = store_type(path, "a")
-    stored = store.file.attrs.get("fingerprint", None)
-    if stored is not None and stored != fingerprint and len(store.file.keys()) > 0:
-        store.close()
-        if not overwrite:
-            raise IncompatibleDatabaseError(
-                f"{path}: cached {store_type.kind} were computed with other settings; "
-                "pass --overwrite to recompute them"
-            )
-        path.unlink()
-        store = store_type(path, "a")
-    if store.file.attrs.get("fingerprint", None) != fingerprint:
-        ensure_space(path, 4096, "the cache's settings")
-        store.file.attrs["fingerprint"] = fingerprint
-    return store
-
-
-def _same_content_groups(
-    image_dir: Path, names: list[str], hashes: dict[str, str] | None = None
-) -> dict[str, str]:
-    """name -> why it is left out: the earlier name it duplicates (same bytes, or the same name up to letter
-    case), or that it cannot be read. ``hashes`` is filled with the SHA-1 of every file read (the caches'
-    content keys: features and matches of a changed file are recomputed)."""
-    seen_hash: dict[str, str] = {}
-    seen_lower: dict[str, str] = {}
-    duplicate_of: dict[str, str] = {}
-    for name in names:
-        lower = name.lower()
-        if lower in seen_lower:
-            duplicate_of[name] = f"name differs from {seen_lower[lower]} only by letter case"
-            continue
-        seen_lower[lower] = name
-        try:
-            with open(image_dir / name, "rb") as file:
-                digest = hashlib.file_digest(file, "sha1").hexdigest()
-        except OSError as exc:
-            duplicate_of[name] = f"cannot read file ({exc.strerror or exc})"
-            continue
-        if hashes is not None:
-            hashes[name] = digest
-        if digest in seen_hash:
-            duplicate_of[name] = f"same file content as {seen_hash[digest]}"
-            continue
-        seen_hash[digest] = name
-    return duplicate_of
-
-
-def extract_all(
-    image_dir: Path, names: list[str], store: FeatureStore, config: PipelineConfig, report: RunReport, progress: bool,
-    content: dict[str, str] | None = None,
-) -> None:
-    """Detect and describe every image that the store does not hold yet; record skipped files in ``report``.
-
-    ``content``: name -> SHA-1 of the file; features computed from other content (the file was edited or
-    replaced) or that fail their checksums are recomputed. Raises StorageError when a write fails.
-    """
-    descriptor = None
-    bar = progress_bar(names, enabled=progress, desc="extract", unit="img", leave=False)
-    for name in bar:
-        if store.usable(name, content.get(name) if content is not None else None):
-            report.images_used.append(name)
-            report.images_reused += 1
-            continue
-        try:
-            image = read_image(image_dir, name)
-            mask = read_mask(config.images.mask_dir, name, image.width, image.height)
-            small, sx, sy = resize_for_detection(image.gray, config.images.max_edge)
-            if mask is None:
-                keypoints = detect_keypoints(small, config.detection)
-            else:  # COLMAP's rule, exactly, at full resolution (the detection mask is its resized copy)
-                keypoints = detect_keypoints(small, config.detection, resize_mask(mask, small.shape[1], small.shape[0]))
-                keypoints = keypoints.select(unmasked(keypoints.rescaled(sx, sy).xy, mask))
-            if len(keypoints) == 0:
-                why = "masked out" if mask is not None else "image too small or too flat"
-                raise ImageReadError(f"{image_dir / name}: no keypoints ({why})")
-        except ImageReadError as exc:
-            log.warning("skipped %s", exc)
-            report.skipped.append((name, str(exc).split(": ", 1)[-1]))
-            continue
-        focal, has_prior = focal_prior(image_dir / name, image.width, image.height)
-        if descriptor is None:
-            descriptor = build_descriptor(config.descriptor, config.patches)
-        descriptors = descriptor.describe(small, keypoints)
-        full = keypoints.rescaled(sx, sy)
-        store.write(
-            name,
-            ImageFeatures(
-                keypoints=full.xy,
-                scales=full.scales,
-                orientations=full.orientations,
-                scores=full.scores,
-                descriptors=descriptors,
-                width=image.width,
-                height=image.height,
-                focal=focal,
-                focal_prior=has_prior,
-            ),
-            descriptor=config.descriptor.name,
-            content=content.get(name, "") if content is not None else "",
-        )
-        report.images_used.append(name)
-        log.info("extracted %s (%d keypoints) [%d/%d]", name, len(keypoints), len(report.images_used), len(names))
-
-
-class _FeatureCache:
-    """A small LRU of features read from the store, so memory does not grow with the number of images.
-
-    16 images (about 2.6 MiB each at 4096 keypoints) cover sequential pairs up to an overlap of 15 without
-    re-reads; exhaustive pairs re-read from the HDF5 file (the OS page cache), which costs under 1 ms per read.
-    """
-
-    def __init__(self, store: FeatureStore, capacity: int = 16) -> None:
-        self.store, self.capacity = store, capacity
-        self.items: OrderedDict[str, ImageFeatures] = OrderedDict()
-
-    def get(self, name: str) -> ImageFeatures:
-        if name in self.items:
-            self.items.move_to_end(name)
-            return self.items[name]
-        features = self.store.read(name)
-        self.items[name] = features
-        if len(self.items) > self.capacity:
-            self.items.popitem(last=False)
-        return features
-
-
-def _threshold_px(config: PipelineConfig, f1: ImageFeatures, f2: ImageFeatures) -> float:
-    """The RANSAC threshold, given in detection-image pixels, in full-resolution pixels of this pair."""
-
-    def factor(f: ImageFeatures) -> float:
-        edge = max(f.width, f.height)
-        return edge / config.images.max_edge if 0 < config.images.max_edge < edge else 1.0
-
-    return config.verification.threshold * max(factor(f1), factor(f2))
-
-
-def _pair_content(content: dict[str, str] | None, name1: str, name2: str) -> tuple[str, str]:
-    return (content.get(name1, ""), content.get(name2, "")) if content is not None else ("", "")
-
-
-def match_all(
-    pairs: list[tuple[str, str]],
-    features: FeatureStore,
-    store: MatchStore,
-    config: PipelineConfig,
-    report: RunReport,
-    progress: bool,
-    threads: int | None = None,
-    content: dict[str, str] | None = None,
-) -> None:
-    """Match and verify every pair the store does not hold yet (``content``: name -> SHA-1 of the image file;
-    a pair whose images changed, or whose group fails its checksums, is matched again).
-
-    ``matching.workers`` pairs are matched and verified at once in threads (torch, NumPy and OpenCV release
-    the GIL), each with ``matching.threads`` torch threads; results are written in pair order by this thread,
-    so the files do not depend on the number of workers, and a killed run loses only the pairs in flight.
-    """
-    cache = _FeatureCache(features)
-    workers = config.matching.workers if config.matching.workers > 0 else thread_budget(threads)
-
-    def match_pair(f1: ImageFeatures, f2: ImageFeatures) -> PairMatches:
-        matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
-        result = verify_pair(
-            f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]], _threshold_px(config, f1, f2), config.verification
-        )
-        return PairMatches(matches, scores, result.inliers, result.F, result.H, result.model)
-
-    def write_oldest() -> None:
-        nonlocal done
-        (name1, name2), future = pending.popleft()
-        pair = future.result()
-        store.write(name1, name2, pair, _pair_content(content, name1, name2))
-        bar.update(1)
-        done += 1
-        log.info("matched %s %s: %d matches, %d inliers [%d/%d]", name1, name2, len(pair.matches),
-                 pair.num_inliers, done, len(pairs))
-
-    bar = progress_bar(total=len(pairs), enabled=progress, desc="match", unit="pair", leave=False)
-    pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
-    done = 0  # pairs finished, reused ones included (tqdm's own count stays 0 when the bar is disabled)
-    threads = config.matching.threads if config.matching.threads > 0 else torch.get_num_threads()
-    previous_threads = torch.get_num_threads()
-    # Set once for the phase (the setting is process-wide): each call then finds it and leaves it alone.
-    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
-    try:
-        for name1, name2 in pairs:
-            if store.usable(name1, name2, _pair_content(content, name1, name2) if content is not None else None):
-                report.pairs_reused += 1
-                bar.update(1)
-                done += 1
-                continue
-            f1, f2 = cache.get(name1), cache.get(name2)
-            pending.append(((name1, name2), pool.submit(match_pair, f1, f2)))
-            if len(pending) >= 2 * workers:  # bounded look-ahead: memory does not grow with the pair count
-                write_oldest()
-        while pending:
-            write_oldest()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(previous_threads)
-        bar.close()
-
-
-def _database_images(image_dir: Path, names: list[str], features: FeatureStore) -> Iterator[DatabaseImage]:
-    for name in names:
-        yield DatabaseImage(name=name, path=image_dir / name, features=features.read(name))
-
-
-def _database_pairs(
-    pairs: list[tuple[str, str]], store: MatchStore, report: RunReport
-) -> Iterator[tuple[str, str, PairMatches]]:
-    for name1, name2 in pairs:
-        pair = store.read(name1, name2)
-        if len(pair.matches) == 0:
-            report.pairs_without_matches += 1
-        if pair.model != "none":
-            report.pairs_verified += 1
-        yield name1, name2, pair
+def feature_settings(config: PipelineConfig) -> FeatureSettings:
+    """The sections of ``config`` that extraction reads."""
+    return FeatureSettings(config.images, config.detection, config.patches, config.descriptor)
 
 
 def _guarded_output(run):  # noqa: ANN001, ANN202 (a decorator keeping run_match's signature)
@@ -409,7 +167,7 @@ def _guarded_output(run):  # noqa: ANN001, ANN202 (a decorator keeping run_match
     return guarded
 
 
-def _check_inputs(config: PipelineConfig, names: list[str], reconstruct_dir: Path | None) -> None:
+def _check_inputs(config: PipelineConfig, names: list[str], reconstruct_dir: Path | None, ray: str | None) -> None:
     """Errors in the options and the files they name, found before anything is written."""
     validate_config(config)
     if reconstruct_dir is not None and Path(reconstruct_dir).exists() and not Path(reconstruct_dir).is_dir():
@@ -418,6 +176,10 @@ def _check_inputs(config: PipelineConfig, names: list[str], reconstruct_dir: Pat
         read_pairs_file(Path(config.pairs.pairs_file), names)
     if config.descriptor.name == "sdgmnet":
         load_sdgmnet(config.descriptor.weights)  # bad types, NaN weights: ModelWeightsError before any write
+    if ray:
+        from matcher.distributed import require_ray
+
+        require_ray()  # not installed: ConfigError naming the extra, before any write
 
 
 @_guarded_output
@@ -431,8 +193,9 @@ def run_match(
     undistort_dir: Path | None = None,
     text: bool = False,
     threads: int | None = None,
+    ray: str | None = None,
 ) -> RunReport:
-    """Run the whole pipeline. See the module docstring for what is written where.
+    """Run the whole pipeline: the stages of :mod:`matcher.stages` in turn over the files of the module docstring.
 
     Args:
         reconstruct_dir: also run SfM; the models go to ``reconstruct_dir/0`` (the largest), ``/1``...
@@ -440,6 +203,8 @@ def run_match(
         undistort_dir: also undistort the largest model there (:mod:`matcher.undistortion`); needs ``reconstruct_dir``.
         text: write the models as COLMAP text files too.
         threads: thread budget (None: CPU affinity capped by ``OMP_NUM_THREADS``, :mod:`matcher.threads`).
+        ray: extract and match on a Ray cluster at this address (``"auto"``: join or start a local one); the
+            files and the database are the same as a local run's (:mod:`matcher.distributed`).
 
     Raises:
         NoImagesError: the folder is missing or has no usable image (nothing is written, nothing replaced).
@@ -452,7 +217,7 @@ def run_match(
     image_dir, paths = Path(image_dir), OutputPaths(Path(db_path))
     report = RunReport()
     names = list_images(image_dir)
-    _check_inputs(config, names, reconstruct_dir)
+    _check_inputs(config, names, reconstruct_dir, ray)
     _check_outputs_options(config, names, reconstruct_dir, undistort_dir)
     budget = thread_budget(threads)
     if paths.database.exists() and not overwrite:
@@ -461,9 +226,6 @@ def run_match(
         raise DatabaseExistsError(f"{paths.database}: is a folder, not a database file")
     # Validate the descriptor (weights present) and the COLMAP version before touching any file.
     report.database_schema = schema_name(config.export.colmap_version)
-    masks = masks_digest(config.images.mask_dir, names)
-    feature_fp = _fingerprint(config, FEATURE_SECTIONS, masks)
-    match_fp = _fingerprint(config, MATCH_SECTIONS, masks)
     torch.manual_seed(config.mapping.seed)
     np.random.seed(config.mapping.seed)
 
@@ -471,40 +233,32 @@ def run_match(
     for name, reason in scan_folder(image_dir)[1]:
         log.warning("skipped %s: %s", image_dir / name, reason)
         report.skipped.append((name, reason))
-    hashes: dict[str, str] = {}
-    duplicates = _same_content_groups(image_dir, names, hashes)
-    for name, reason in duplicates.items():
-        log.warning("skipped %s: %s", image_dir / name, reason)
-        report.skipped.append((name, reason))
-    candidates = [n for n in names if n not in duplicates]
 
     paths.config.write_text(config_to_toml(config, header=f"matcher configuration of {paths.database.name}"))
     t0 = time.perf_counter()
-    with _open_cache(FeatureStore, paths.features, feature_fp, overwrite) as features:
-        with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads):
-            extract_all(image_dir, candidates, features, config, report, progress, content=hashes)
-        if not report.images_used:
-            raise NoImagesError(f"{image_dir}: no usable image ({len(report.skipped)} file(s) skipped, see above)")
-        t1 = time.perf_counter()
-        report.timings["extract"] = t1 - t0
-        used = sorted(report.images_used)
-        # Pairs are not in the match fingerprint: a pair's matches do not depend on which other pairs are matched.
-        pairs = make_pairs(config.pairs, used, names, descriptors=lambda name: features.read(name).descriptors,
-                           image_dir=image_dir)
-        report.pairs = len(pairs)
-        with _open_cache(MatchStore, paths.matches, match_fp, overwrite) as matches:
-            match_all(pairs, features, matches, config, report, progress, threads=budget, content=hashes)
-            report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
-            t2 = time.perf_counter()
-            report.timings["match"] = t2 - t1
-            legacy = is_legacy_version(config.export.colmap_version)
-            report.database = (write_legacy_database if legacy else write_database)(
-                paths.database,
-                _database_images(image_dir, used, features),
-                _database_pairs(pairs, matches, report),
-                config.export,
-            )
-            report.timings["export"] = time.perf_counter() - t2
+    with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads):
+        extracted = extract_features(image_dir, paths.features, names, feature_settings(config),
+                                     overwrite=overwrite, progress=progress, ray=ray)
+    report.images_used, report.images_reused = extracted.used, extracted.reused
+    report.skipped.extend(extracted.skipped)
+    if not report.images_used:
+        raise NoImagesError(f"{image_dir}: no usable image ({len(report.skipped)} file(s) skipped, see above)")
+    t1 = time.perf_counter()
+    report.timings["extract"] = t1 - t0
+    used = sorted(report.images_used)
+    pairs = make_pairs(paths.features, config.pairs, names=used, image_dir=image_dir, all_names=names)
+    report.pairs = len(pairs)
+    matched = match_features(paths.features, pairs, paths.matches, config.matching, config.verification,
+                             overwrite=overwrite, progress=progress, threads=budget, ray=ray)
+    report.pairs_reused = matched.reused
+    report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
+    t2 = time.perf_counter()
+    report.timings["match"] = t2 - t1
+    exported = export_database(image_dir, paths.features, paths.matches, pairs, paths.database, config.export,
+                               names=used, overwrite=True)  # an existing database was refused above
+    report.database = exported.database
+    report.pairs_without_matches, report.pairs_verified = exported.pairs_without_matches, exported.pairs_verified
+    report.timings["export"] = time.perf_counter() - t2
     if reconstruct_dir is not None:
         t3 = time.perf_counter()
         bar = progress_bar(total=len(used), enabled=progress, desc="map", unit="img", leave=False)

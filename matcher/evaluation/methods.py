@@ -13,8 +13,8 @@ Methods:
   from the HDF5 files it writes.
 * ``opencv-sift``: ``cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute`` on the same resized image
   (plain SIFT, L2-normalised; OpenCV's own keypoint selection by response, second orientations kept), then
-  the pipeline's :func:`matcher.matching.mutual_nearest_neighbours` and :func:`matcher.verify.verify_pair` with
-  the same settings, exported with :func:`matcher.colmap_db.write_database`.
+  the pipeline's match-and-verify step (:func:`matcher.stages.match_pair`: mutual nearest neighbours, MAGSAC++)
+  with the same settings, exported with :func:`matcher.colmap_db.write_database`.
 * ``pycolmap-sift``: COLMAP's own pipeline, ``pycolmap.extract_features`` (``max_image_size`` = max_edge,
   ``max_num_features`` = max_keypoints, which COLMAP applies before adding second orientations, and its
   default upsampled first octave) + ``pycolmap.match_exhaustive`` (its defaults: ratio 0.8, cross-check,
@@ -243,11 +243,9 @@ class OpenCVSiftMethod(Method):
 
     def run(self, image_dir, pairs, work_dir, reconstruct=False):
         from matcher.colmap_db import DatabaseImage, write_database
-        from matcher.matching import mutual_nearest_neighbours
-        from matcher.pipeline import _threshold_px  # the pipeline's own pixel threshold for a pair
         from matcher.mapping import reconstruct as run_mapping
+        from matcher.stages import match_pair  # the pipeline's own match-and-verify step
         from matcher.storage import PairMatches
-        from matcher.verify import verify_pair
 
         work_dir = _fresh(Path(work_dir))
         image_dir = Path(image_dir)
@@ -258,11 +256,8 @@ class OpenCVSiftMethod(Method):
         for a, b in _ordered(pairs):
             if a not in features or b not in features:
                 continue
-            f1, f2 = features[a], features[b]
-            matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, config.matching)
-            result = verify_pair(f1.keypoints[matches[:, 0]], f2.keypoints[matches[:, 1]],
-                                 _threshold_px(config, f1, f2), config.verification)
-            stored[(a, b)] = PairMatches(matches, scores, result.inliers, result.F, result.H, result.model)
+            stored[(a, b)] = match_pair(features[a], features[b], config.matching, config.verification,
+                                        config.images.max_edge)
         db_path = work_dir / "database.db"
         write_database(
             db_path,

@@ -53,6 +53,7 @@ def match(
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    ray: str | None = None,
 ) -> RunReport:
     """``match IMAGES --out OUT``: features, matches and a COLMAP database, optionally SfM and undistortion.
 
@@ -65,6 +66,8 @@ def match(
             PINHOLE model there (needs ``reconstruct``). text: COLMAP text models too.
         threads: thread budget (None: CPU affinity capped by ``OMP_NUM_THREADS``).
         progress: progress bars, drawn only when stderr is a terminal.
+        ray: extract and match on a Ray cluster at this address (``"auto"``: join or start a local one;
+            ``pip install "matcher[ray]"``); the same files and database as a local run.
 
     Returns:
         :class:`matcher.pipeline.RunReport` (``report.format(OutputPaths(out))`` is the CLI's summary).
@@ -74,7 +77,7 @@ def match(
     return run_match(
         Path(images), Path(out), _config(config, overrides), overwrite=overwrite,
         reconstruct_dir=None if reconstruct is None else Path(reconstruct), progress=progress,
-        undistort_dir=None if undistort is None else Path(undistort), text=text, threads=threads,
+        undistort_dir=None if undistort is None else Path(undistort), text=text, threads=threads, ray=ray,
     )
 
 

@@ -153,13 +153,16 @@ Presets: {', '.join(available_presets())} (or a TOML file).
 @click.option("--text", is_flag=True, default=False, help="Also write the models as COLMAP text files.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads to use (default: the CPUs this process may run on, capped by OMP_NUM_THREADS).")
+@click.option("--ray", "ray", default=None, metavar="ADDRESS",
+              help="Extract and match on a Ray cluster (auto: join this machine's or start a local one; "
+                   "pip install \"matcher[ray]\"). Same files and database as a local run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the end-of-run summary to this JSON file.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars, errors only.")
 @click.version_option(package_name="matcher")
 def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipeline: str, sets: tuple[str, ...],
                   overwrite: bool, verbose: bool, quiet: bool, undistort_dir: Path | None, text: bool,
-                  threads: int | None, json_path: Path | None, **flags: Any) -> None:
+                  threads: int | None, json_path: Path | None, ray: str | None, **flags: Any) -> None:
     from matcher.api import match
     from matcher.pipeline import OutputPaths
 
@@ -168,7 +171,7 @@ def match_command(images: Path, out: Path, reconstruct_dir: Path | None, pipelin
         overrides = _overrides(**flags) + [parse_override(s) for s in sets]
         config = load_config(pipeline, overrides)
         report = match(images, out, config, reconstruct=reconstruct_dir, undistort=undistort_dir, text=text,
-                       overwrite=overwrite, threads=threads, progress=not quiet)
+                       overwrite=overwrite, threads=threads, progress=not quiet, ray=ray)
     except MatcherError as exc:
         _fail(exc)
     except OSError as exc:  # a write no stage anticipated (read-only folder, disk full, I/O error): one line

@@ -6,6 +6,14 @@
     report = matcher.match("images/", "out/db.db", reconstruct="out/sparse")   # the `match` command
     summary = matcher.reconstruct("out/db.db", "images/", "out/sparse")        # `matcher reconstruct`
     matcher.undistort("out/sparse/0", "images/", "out/dense")                  # `--undistort`
+
+The stages one at a time, over files (:mod:`matcher.stages`; ``match`` is their composition):
+
+    config = matcher.load_config("default")
+    matcher.extract_features("images/", "f.h5", settings=matcher.FeatureSettings.from_config(config))
+    pairs = matcher.make_pairs("f.h5", config.pairs, image_dir="images/")
+    matcher.match_features("f.h5", pairs, "m.h5", config.matching, config.verification)
+    matcher.export_database("images/", "f.h5", "m.h5", pairs, "db.db", config.export)
 """
 
 from __future__ import annotations
@@ -22,6 +30,11 @@ __all__ = [
     "PipelineConfig",
     "MappingConfig",
     "MatcherError",
+    "FeatureSettings",
+    "extract_features",
+    "make_pairs",
+    "match_features",
+    "export_database",
 ]
 
 # name -> module that defines it (imported on first access, PEP 562)
@@ -33,12 +46,18 @@ _LAZY = {
     "PipelineConfig": "matcher.config",
     "MappingConfig": "matcher.config",
     "MatcherError": "matcher.errors",
+    "FeatureSettings": "matcher.stages",
+    "extract_features": "matcher.stages",
+    "make_pairs": "matcher.stages",
+    "match_features": "matcher.stages",
+    "export_database": "matcher.stages",
 }
 
 if TYPE_CHECKING:
     from matcher.api import match, reconstruct, undistort
     from matcher.config import MappingConfig, PipelineConfig, load_config
     from matcher.errors import MatcherError
+    from matcher.stages import FeatureSettings, export_database, extract_features, make_pairs, match_features
 
     __version__: str
 

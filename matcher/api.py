@@ -3,6 +3,9 @@
 Each takes paths and plain values, writes the same files as its command, and returns the summary the command
 prints (``.format()``) or writes with ``--json`` (``dataclasses.asdict``). Errors a user can fix raise
 :class:`matcher.errors.MatcherError` subclasses with a one-line message.
+
+:func:`match` is the composition of the stages in :mod:`matcher.stages` (``extract_features``, ``make_pairs``,
+``match_features``, ``export_database``, and :func:`reconstruct`), also reachable as ``matcher.<name>``.
 """
 
 from __future__ import annotations

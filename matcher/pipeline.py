@@ -39,6 +39,7 @@ from matcher.pairs import read_pairs_file
 from matcher.progress import progress_bar
 from matcher.mapping import ReconstructionSummary, model_path, reconstruct
 from matcher.masks import mask_path
+from matcher.on_demand import PairRetry, format_retries, match_on_demand
 from matcher.stages import (
     FEATURE_SECTIONS, MATCH_SECTIONS, FeatureSettings, export_database, extract_features, make_pairs, match_features,
 )
@@ -69,6 +70,11 @@ class OutputPaths:
     def config(self) -> Path:
         return self.database.with_name(self.database.stem + ".config.toml")
 
+    @property
+    def views(self) -> Path:
+        """The on-demand stage's file (``viewpoint.on_demand``), :func:`matcher.on_demand.views_path`."""
+        return self.database.with_name(self.database.stem + ".views.h5")
+
 
 @dataclass
 class RunReport:
@@ -88,6 +94,7 @@ class RunReport:
     reconstruction: ReconstructionSummary | None = None
     undistorted: UndistortSummary | None = None
     threads: dict[str, int] = field(default_factory=dict)
+    on_demand: list[PairRetry] = field(default_factory=list)
 
     def to_dict(self, paths: OutputPaths) -> dict:
         """The summary as plain JSON types (``match --json``): the fields above plus the output paths."""
@@ -112,6 +119,8 @@ class RunReport:
                 f"{d['verified_pairs']} verified pairs, {d['inlier_matches']} inlier matches)"
                 + (f", {self.database_schema}" if self.database_schema else "")
             )
+        if self.on_demand:
+            lines.append(format_retries(self.on_demand))
         if self.reconstruction is not None:
             lines.append(f"reconstruction: {self.reconstruction.format()}")
         if self.undistorted is not None:
@@ -129,8 +138,8 @@ def _fingerprint(config: PipelineConfig, sections: tuple[str, ...], masks: str =
 
 
 def feature_settings(config: PipelineConfig) -> FeatureSettings:
-    """The sections of ``config`` that extraction reads."""
-    return FeatureSettings(config.images, config.detection, config.patches, config.descriptor)
+    """The sections of ``config`` that extraction reads (:meth:`FeatureSettings.from_config`)."""
+    return FeatureSettings.from_config(config)
 
 
 def _guarded_output(run):  # noqa: ANN001, ANN202 (a decorator keeping run_match's signature)
@@ -254,8 +263,12 @@ def run_match(
     report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
     t2 = time.perf_counter()
     report.timings["match"] = t2 - t1
+    if config.viewpoint.on_demand:  # failed pairs retried with view synthesis (matcher.on_demand)
+        report.on_demand = match_on_demand(image_dir, paths.features, paths.matches, pairs, config, overwrite=overwrite)
+        report.timings["on demand"], t2 = time.perf_counter() - t2, time.perf_counter()
     exported = export_database(image_dir, paths.features, paths.matches, pairs, paths.database, config.export,
-                               names=used, overwrite=True)  # an existing database was refused above
+                               names=used, overwrite=True,  # an existing database was refused above
+                               views_path=paths.views if config.viewpoint.on_demand else None)
     report.database = exported.database
     report.pairs_without_matches, report.pairs_verified = exported.pairs_without_matches, exported.pairs_verified
     report.timings["export"] = time.perf_counter() - t2

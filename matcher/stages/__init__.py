@@ -5,7 +5,7 @@ composition. Each takes only its config section(s), resumes from its own output 
     make_pairs(features.h5, config.pairs, image_dir=...)                    -> [(name1, name2), ...]
     match_features(features.h5, pairs, matches.h5, config.matching, config.verification) -> MatchCounts
     export_database(image_dir, features.h5, matches.h5, pairs, db, config.export)        -> ExportCounts
-    reconstruct(db, image_dir, out_dir, config.mapping)                     -> (model, ReconstructionSummary)
+    reconstruct(db, image_dir, out_dir, config.mapping)                     -> ReconstructionSummary
 
 ``ray="auto"`` (or a cluster address) runs extraction and matching as Ray tasks (:mod:`matcher.distributed`);
 the files are the same.
@@ -13,7 +13,7 @@ the files are the same.
 
 from __future__ import annotations
 
-from matcher.mapping import reconstruct
+from matcher.api import reconstruct
 from matcher.stages.cache import FEATURE_SECTIONS, MATCH_SECTIONS
 from matcher.stages.export import ExportCounts, export_database
 from matcher.stages.extract import ExtractionCounts, FeatureSettings, extract_features, extract_image

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from matcher.descriptors import descriptor_settings, resolve_weights
-from matcher.errors import IncompatibleDatabaseError
+from matcher.errors import IncompatibleDatabaseError, StorageError
 from matcher.matching import similarity_dtype
 from matcher.storage import ensure_space
 
 __all__ = [
-    "FEATURE_SECTIONS", "MATCH_SECTIONS", "fingerprint", "match_fingerprint", "feature_settings", "open_cache",
+    "FEATURE_SECTIONS", "MATCH_SECTIONS", "fingerprint", "match_fingerprint", "feature_settings", "make_folder", "open_cache",
     "same_content_groups",
 ]
 
@@ -73,10 +73,19 @@ def feature_settings(path: Path, store: Any) -> dict:
     return json.loads(stored)
 
 
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) for a stage's output; StorageError naming it when that fails."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"{folder}: cannot create the output folder ({exc.strerror or exc})") from None
+
+
 def open_cache(store_type: type, path: Path, fingerprint: str, overwrite: bool):  # noqa: ANN201 (a store)
     """Open (create) a cache for this run's settings. A cache of other settings that holds results is refused
     without ``overwrite``; one that holds nothing (a run that failed before computing anything) is reused. The
-    fingerprint is written only when it changes (a write can fail on a full disk)."""
+    fingerprint is written only when it changes (a write can fail on a full disk). Its folder is created."""
+    make_folder(Path(path).parent)
     store = store_type(path, "a")
     stored = store.file.attrs.get("fingerprint", None)
     if stored is not None and stored != fingerprint and len(store.file.keys()) > 0:

@@ -6,6 +6,7 @@ The schema follows ``export.colmap_version`` (:mod:`matcher.colmap_legacy_db` be
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from matcher.colmap_legacy_db import is_legacy_version, schema_name, write_legac
 from matcher.config import ExportConfig
 from matcher.errors import DatabaseExistsError
 from matcher.pairs import read_pairs_file
-from matcher.storage import FeatureStore, MatchStore, PairMatches
+from matcher.stages.cache import make_folder
+from matcher.on_demand import pair_for_export, with_view_keypoints
+from matcher.storage import FeatureStore, MatchStore, PairMatches, ViewStore
 
 __all__ = ["ExportCounts", "export_database"]
 
@@ -40,9 +43,13 @@ def export_database(
     *,
     names: Sequence[str] | None = None,
     overwrite: bool = False,
+    views_path: Path | None = None,
 ) -> ExportCounts:
     """Write the COLMAP database of ``names`` (default: every image of the features file, sorted; ids in that
     order) and ``pairs`` (a list or a pairs file) at ``db_path``; cameras from the images' EXIF and ``export``.
+
+    ``views_path``: the on-demand stage's ``views.h5`` (:func:`matcher.on_demand.match_on_demand`), if it ran:
+    images get their view keypoints appended, pairs solved on demand their matches from it.
 
     Raises:
         DatabaseExistsError: ``db_path`` exists and ``overwrite`` is False.
@@ -52,19 +59,24 @@ def export_database(
     if db_path.exists() and not overwrite:
         raise DatabaseExistsError(f"{db_path}: database exists; pass --overwrite to replace it")
     counts = ExportCounts(schema=schema_name(export.colmap_version))
+    make_folder(db_path.parent)
     writer = write_legacy_database if is_legacy_version(export.colmap_version) else write_database
-    with FeatureStore(Path(features_path), "r") as features, MatchStore(Path(matches_path), "r") as matches:
+    with FeatureStore(Path(features_path), "r") as features, MatchStore(Path(matches_path), "r") as matches, \
+            (ViewStore(Path(views_path), "r") if views_path is not None else nullcontext()) as views:
         names = sorted(names) if names is not None else sorted(features.names())
         if not isinstance(pairs, (list, tuple)):
             pairs = read_pairs_file(Path(pairs), names)
 
         def images() -> Iterator[DatabaseImage]:
             for name in names:
-                yield DatabaseImage(name=name, path=image_dir / name, features=features.read(name))
+                image = features.read(name)
+                if views is not None:
+                    image = with_view_keypoints(name, image, views)
+                yield DatabaseImage(name=name, path=image_dir / name, features=image)
 
         def stored_pairs() -> Iterator[tuple[str, str, PairMatches]]:
             for name1, name2 in pairs:
-                pair = matches.read(name1, name2)
+                pair = pair_for_export(name1, name2, matches, views)
                 counts.pairs_without_matches += len(pair.matches) == 0
                 counts.pairs_verified += pair.model != "none"
                 yield name1, name2, pair

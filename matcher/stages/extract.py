@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.colmap_db import focal_prior
-from matcher.config import DescriptorConfig, DetectionConfig, ImagesConfig, PatchConfig
+from matcher.config import DescriptorConfig, DetectionConfig, ImagesConfig, PatchConfig, PipelineConfig
 from matcher.descriptors import Descriptor, build_descriptor
 from matcher.detect import detect_keypoints
 from matcher.errors import ImageReadError
@@ -37,6 +37,11 @@ class FeatureSettings:
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
     descriptor: DescriptorConfig = field(default_factory=DescriptorConfig)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> FeatureSettings:
+        """The extraction sections of a whole pipeline configuration."""
+        return cls(config.images, config.detection, config.patches, config.descriptor)
 
     def sections(self) -> dict:
         return {"images": self.images, "detection": self.detection, "patches": self.patches,

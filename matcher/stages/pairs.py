@@ -12,6 +12,7 @@ from pathlib import Path
 
 from matcher.config import PairsConfig
 from matcher.pairs import make_pairs as pairs_among
+from matcher.stages.cache import make_folder
 from matcher.storage import FeatureStore
 
 __all__ = ["make_pairs", "write_pairs_file"]
@@ -19,6 +20,7 @@ __all__ = ["make_pairs", "write_pairs_file"]
 
 def write_pairs_file(path: Path, pairs: Sequence[tuple[str, str]]) -> None:
     """``name1 name2`` per line (COLMAP's and hloc's pairs format, read back by ``--pairs``)."""
+    make_folder(Path(path).parent)
     Path(path).write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
 
 

@@ -40,7 +40,7 @@ from matcher.config import PipelineConfig
 from matcher.detect import Keypoints
 from matcher.images import read_image, resize_for_detection
 from matcher.masks import read_mask, resize_mask
-from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches, ViewStore
+from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches, ViewStore, escape_name
 from matcher.view_synthesis import detect_on_views
 
 __all__ = [
@@ -52,7 +52,11 @@ __all__ = [
     "one_match_per_location",
     "retry_candidates",
     "retry_failed_pairs",
+    "match_on_demand",
+    "views_path",
     "with_view_keypoints",
+    "pair_for_export",
+    "format_retries",
 ]
 
 log = logging.getLogger("matcher")
@@ -282,7 +286,7 @@ def retry_failed_pairs(
     config: PipelineConfig, content: dict[str, str] | None = None,
 ) -> list[PairRetry]:
     """Retry the :func:`retry_candidates` of ``pairs`` step by step (module docstring); a pair that verifies
-    is rewritten in ``store`` (matches into its images' appended keypoints) and recorded in ``views``.
+    is kept in ``views`` (matches into its images' appended keypoints); ``store`` (the normal pass) is only read.
 
     Returns one :class:`PairRetry` per retried pair, in the order of ``pairs``.
     """
@@ -303,8 +307,7 @@ def retry_failed_pairs(
     def _keep(a: str, b: str, step: int, pair: PairMatches) -> None:
         results[(a, b)].step, results[(a, b)].inliers = step, pair.num_inliers
         pair_content = (content.get(a, ""), content.get(b, "")) if content is not None else ("", "")
-        store.write(a, b, pair, pair_content)
-        views.write_solved(a, b, step, pair_content)
+        views.write_solved(a, b, step, pair, pair_content)
 
     for step in range(1, steps + 1):
         still = []
@@ -362,3 +365,52 @@ def with_view_keypoints(name: str, base: ImageFeatures, views: ViewStore) -> Ima
         descriptors=np.concatenate([base.descriptors, *[e.descriptors for e in extras]]),
         width=base.width, height=base.height, focal=base.focal, focal_prior=base.focal_prior,
     )
+
+
+def pair_for_export(name1: str, name2: str, matches: MatchStore, views: ViewStore | None) -> PairMatches:
+    """The pair as the database gets it: solved on demand (``views``) if it was, else the normal pass's."""
+    if views is not None and views.solved_step(name1, name2):
+        return views.read_solved(name1, name2)
+    return matches.read(name1, name2)
+
+
+def views_path(matches_path: Path) -> Path:
+    """``DIR/NAME.views.h5`` beside ``DIR/NAME.matches.h5``."""
+    matches_path = Path(matches_path)
+    stem = matches_path.name.removesuffix(".h5").removesuffix(".matches")
+    return matches_path.with_name(stem + ".views.h5")
+
+
+def match_on_demand(
+    image_dir: Path, features_path: Path, matches_path: Path, pairs: list[tuple[str, str]], config: PipelineConfig,
+    *, overwrite: bool = False,
+) -> list[PairRetry]:
+    """The on-demand stage: ``features.h5`` + ``matches.h5`` (the normal pass, read only) -> ``views.h5``
+    (:func:`views_path`): view keypoints of the images that needed them and the pairs solved with them.
+
+    Resumable as the other stages: ``views.h5`` keeps the fingerprint of the features file plus the
+    ``matching``, ``verification`` and ``viewpoint`` sections, and each group the content keys of its images.
+
+    Raises:
+        IncompatibleDatabaseError: ``views.h5`` holds results of other settings and ``overwrite`` is False.
+        StorageError: a write failed (the file stays consistent; a rerun resumes).
+    """
+    import json
+
+    from matcher.stages.cache import match_fingerprint, open_cache
+
+    with FeatureStore(Path(features_path), "r") as features, MatchStore(Path(matches_path), "r") as store:
+        key = json.loads(match_fingerprint(features.file.attrs["fingerprint"], config.matching, config.verification))
+        key["viewpoint"] = dict(config.viewpoint.__dict__)
+        content = {name: str(features.file[escape_name(name)].attrs.get("content", ""))
+                   for pair in pairs for name in pair}
+        with open_cache(ViewStore, views_path(matches_path), json.dumps(key, sort_keys=True), overwrite) as views:
+            return retry_failed_pairs(list(pairs), Path(image_dir), features, store, views, config, content)
+
+
+def format_retries(retries: list[PairRetry]) -> str:
+    """One summary line, e.g. ``on demand: 3 pairs retried, 2 verified (step 1: 1, step 2: 1), 41.2 s``."""
+    solved = [r for r in retries if r.step]
+    by_step = ", ".join(f"step {k}: {sum(r.step == k for r in solved)}" for k in sorted({r.step for r in solved}))
+    return (f"on demand: {len(retries)} pair(s) retried, {len(solved)} verified" + (f" ({by_step})" if by_step else "")
+            + f", {sum(r.seconds for r in retries):.1f} s")

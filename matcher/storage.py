@@ -339,34 +339,13 @@ class MatchStore(_Store):
 
     def write(self, name1: str, name2: str, pair: PairMatches, content: tuple[str, str] = ("", "")) -> None:
         """Write (replace) the pair's group; ``content``: SHA-1s of the two image files. Raises StorageError."""
-        arrays = {
-            "matches": pair.matches.astype(np.int32).reshape(-1, 2),
-            "scores": pair.scores.astype(np.float32),
-            "inliers": pair.inliers.astype(bool),
-        }
-        for name in ("F", "H"):
-            value = getattr(pair, name)
-            if value is not None:
-                arrays[name] = np.asarray(value, np.float64)
         attrs = {"model": pair.model, "num_inliers": pair.num_inliers, "content1": content[0], "content2": content[1]}
-        self._write_group(pair_key(name1, name2), f"matches of {name1} {name2}", arrays, attrs)
+        self._write_group(pair_key(name1, name2), f"matches of {name1} {name2}", _pair_arrays(pair), attrs)
 
     def read(self, name1: str, name2: str) -> PairMatches:
         """Raises StorageError when the group cannot be read back (checksum, damaged file)."""
-        group = self._read_group(pair_key(name1, name2), f"matches of {name1} {name2}")
-        try:
-            return PairMatches(
-                matches=group["matches"][()],
-                scores=group["scores"][()],
-                inliers=group["inliers"][()],
-                F=group["F"][()] if "F" in group else None,
-                H=group["H"][()] if "H" in group else None,
-                model=str(group.attrs["model"]),
-            )
-        except (OSError, RuntimeError, KeyError, ValueError) as exc:
-            raise StorageError(
-                f"{self.path}: cannot read matches of {name1} {name2} ({_first_line(exc)}); rerun to recompute"
-            ) from None
+        what = f"matches of {name1} {name2}"
+        return _read_pair(self.path, self._read_group(pair_key(name1, name2), what), what)
 
 
 class ViewStore(_Store):
@@ -376,8 +355,9 @@ class ViewStore(_Store):
     group (full-resolution pixels) plus ``shapes`` (n, 2, 2) float32, the affine frames' shapes (determinant 1);
     attrs ``tilt``, ``content`` (SHA-1 of the image file). An image's keypoints in the database are its features
     followed by its steps 1, 2, ... in order, so the indices of matches found at step k stay valid when later
-    steps are added. A group per pair solved on demand, ``solved|<name1>|<name2>``: attrs ``step``,
-    ``content1``, ``content2``.
+    steps are added. A group per pair solved on demand, ``solved|<name1>|<name2>``, laid out as a pair of the
+    matches file (its matches index the appended keypoints), plus attr ``step``. The matches file itself keeps
+    the normal pass's results only, so a run without matching on demand can reuse it.
     """
 
     kind = "view features"
@@ -434,13 +414,17 @@ class ViewStore(_Store):
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise StorageError(f"{self.path}: cannot read {what} ({_first_line(exc)}); rerun to recompute") from None
 
-    def write_solved(self, name1: str, name2: str, step: int, content: tuple[str, str] = ("", "")) -> None:
-        """Record that the pair verified at ``step`` (the matches file holds its matches)."""
-        attrs = {"step": int(step), "content1": content[0], "content2": content[1]}
-        self._write_group(f"solved|{pair_key(name1, name2)}", f"on-demand record of {name1} {name2}", {}, attrs)
+    def write_solved(self, name1: str, name2: str, step: int, pair: PairMatches,
+                     content: tuple[str, str] = ("", "")) -> None:
+        """Keep the pair's matches found on demand at ``step`` (indices into the images' appended keypoints), as
+        :meth:`MatchStore.write` keeps a pair's. Raises StorageError."""
+        arrays = _pair_arrays(pair)
+        attrs = {"model": pair.model, "num_inliers": pair.num_inliers, "step": int(step),
+                 "content1": content[0], "content2": content[1]}
+        self._write_group(f"solved|{pair_key(name1, name2)}", f"on-demand matches of {name1} {name2}", arrays, attrs)
 
     def solved_step(self, name1: str, name2: str, content: tuple[str, str] | None = None) -> int:
-        """The step at which the pair verified on demand, 0 if it did not (or not from this content)."""
+        """The step at which the pair was solved on demand, 0 if it was not (or not from this content)."""
         key = f"solved|{pair_key(name1, name2)}"
         if key not in self.file:
             return 0
@@ -448,6 +432,35 @@ class ViewStore(_Store):
         if content is not None and (attrs.get("content1", ""), attrs.get("content2", "")) != tuple(content):
             return 0
         return int(attrs.get("step", 0))
+
+    def read_solved(self, name1: str, name2: str) -> PairMatches:
+        """The pair's matches found on demand. Raises StorageError."""
+        what = f"on-demand matches of {name1} {name2}"
+        return _read_pair(self.path, self._read_group(f"solved|{pair_key(name1, name2)}", what), what)
+
+
+def _pair_arrays(pair: PairMatches) -> dict[str, np.ndarray]:
+    arrays = {
+        "matches": pair.matches.astype(np.int32).reshape(-1, 2),
+        "scores": pair.scores.astype(np.float32),
+        "inliers": pair.inliers.astype(bool),
+    }
+    for name in ("F", "H"):
+        value = getattr(pair, name)
+        if value is not None:
+            arrays[name] = np.asarray(value, np.float64)
+    return arrays
+
+
+def _read_pair(path: Path, group: h5py.Group, what: str) -> PairMatches:
+    try:
+        return PairMatches(
+            matches=group["matches"][()], scores=group["scores"][()], inliers=group["inliers"][()],
+            F=group["F"][()] if "F" in group else None, H=group["H"][()] if "H" in group else None,
+            model=str(group.attrs["model"]),
+        )
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise StorageError(f"{path}: cannot read {what} ({_first_line(exc)}); rerun to recompute") from None
 
 
 def write_patch_dataset(

@@ -148,12 +148,17 @@ class DetectionConfig:
 
 @dataclass
 class PatchConfig:
-    """Patch sampling: half-width of a patch = ``magnification`` × the keypoint's DoG sigma."""
+    """Patch sampling for a patch descriptor: half-width of a patch = ``magnification`` × the keypoint's DoG sigma
+    (0: the magnification the model was trained with, from its weights file); ``patch_size``: side in pixels,
+    which must be the model's input size (checked when the descriptor is built)."""
 
-    magnification: float = 6.0
+    magnification: float = 0.0
     patch_size: int = 32
 
-    rules: ClassVar[dict[str, Rule]] = {"magnification": _above(0.0), "patch_size": _one_of(32)}
+    rules: ClassVar[dict[str, Rule]] = {
+        "magnification": (lambda v: v >= 0.0, "0 (the model's own) or a positive number of sigmas"),
+        "patch_size": _at_least(8),
+    }
 
 
 @dataclass

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import kornia.feature as KF
 
+from matcher.config import PatchConfig
 from matcher.detect import Keypoints
 
 __all__ = [
@@ -27,8 +28,8 @@ __all__ = [
     "lafs_inside_image",
 ]
 
-PATCH_SIZE = 32
-DEFAULT_MAGNIFICATION = 6.0
+PATCH_SIZE = PatchConfig.patch_size  # the pipeline's patch side, set in config.py; a model checks it against its input
+DEFAULT_MAGNIFICATION = 6.0  # patch half-width in sigmas where neither the configuration nor a model sets one
 
 
 def image_to_tensor(gray: np.ndarray) -> torch.Tensor:

@@ -35,9 +35,9 @@ def build_descriptor(config: DescriptorConfig, patches: PatchConfig | None = Non
     if config.name == "rootsift":
         return RootSIFT()
     if config.name == "sdgmnet":
-        magnification = patches.magnification if patches is not None else None
-        return SDGMNetDescriptor(config.weights, magnification, config.batch_size, _precision(config),
-                                 config.engine, config.device)
+        patches = patches or PatchConfig()  # magnification 0: the model's trained one, not a default of ours
+        return SDGMNetDescriptor(config.weights, patches.magnification or None, config.batch_size,
+                                 _precision(config), config.engine, config.device, patches.patch_size)
     raise ConfigError(f"unknown descriptor '{config.name}'; known: {', '.join(DESCRIPTORS)}")
 
 

@@ -30,7 +30,7 @@ def _batched(module: torch.nn.Module, patches: torch.Tensor, batch_size: int = 2
 def describe_with_baseline(name: str, patches: torch.Tensor) -> torch.Tensor:
     """Describe (N, 1, 32, 32) patches in [0, 1] with ``rootsift`` or ``tfeat:<weights file>``; (N, 128) unit rows."""
     if name == "rootsift":
-        return _batched(KF.SIFTDescriptor(patch_size=32, rootsift=True), patches)
+        return _batched(KF.SIFTDescriptor(patch_size=patches.shape[-1], rootsift=True), patches)
     if name.startswith("tfeat:"):
         model = KF.TFeat(pretrained=False)
         path = Path(name.split(":", 1)[1])

@@ -96,11 +96,13 @@ def dataset_homography(photos: tuple[str, ...], out: Path, warps: int, max_keypo
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Patch dataset to write.")
 def dataset_hpatches(sequence: Path, out: Path) -> None:
     """Patches of a homography sequence with ground truth (1.ppm..6.ppm, H_1_k)."""
+    from matcher.patches import DEFAULT_MAGNIFICATION
     from matcher.training.datasets import save_patch_set
     from matcher.training.hpatches_patches import patches_from_homography_sequence
 
-    patch_set = patches_from_homography_sequence(sequence)
-    save_patch_set(patch_set, out, source=f"ground-truth homographies of {sequence}", magnification=6.0)
+    patch_set = patches_from_homography_sequence(sequence, magnification=DEFAULT_MAGNIFICATION)
+    save_patch_set(patch_set, out, source=f"ground-truth homographies of {sequence}",
+                   magnification=DEFAULT_MAGNIFICATION)
     click.echo(f"{out}: {len(patch_set)} patches of {patch_set.num_identities} keypoints")
 
 

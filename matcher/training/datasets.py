@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from matcher.config import PipelineConfig, load_config
+from matcher.patches import DEFAULT_MAGNIFICATION
 from matcher.pipeline import OutputPaths, run_match
 from matcher.storage import read_patch_dataset, write_patch_dataset
 from matcher.training.homography_patches import PatchSet, make_homography_patches
@@ -138,7 +139,7 @@ def build_homography_dataset(
     warps_per_photo: int = 4,
     max_keypoints: int = 1024,
     seed: int = 0,
-    magnification: float = 6.0,
+    magnification: float = DEFAULT_MAGNIFICATION,
     jpeg_prob: float = 0.0,
     max_side: int = 640,
 ) -> PatchSet:

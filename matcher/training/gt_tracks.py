@@ -37,7 +37,7 @@ from scipy.spatial import cKDTree
 from matcher.config import DetectionConfig
 from matcher.detect import Keypoints, detect_keypoints
 from matcher.images import read_image, resize_for_detection
-from matcher.patches import extract_patches, lafs_from_keypoints
+from matcher.patches import DEFAULT_MAGNIFICATION, PATCH_SIZE, extract_patches, lafs_from_keypoints
 from matcher.training.gt_cameras import camera_centre, normalise_projection
 from matcher.training.homography_patches import PatchSet
 
@@ -334,7 +334,7 @@ def build_tracks(views: list[View], config: TrackConfig | None = None) -> Tracks
     )
 
 
-def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float = 6.0, max_views: int = 8,
+def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float = DEFAULT_MAGNIFICATION, max_views: int = 8,
                         seed: int = 0) -> PatchSet:
     """Patches of the tracks, cut at each view's detected keypoint by the pipeline's patch code.
 
@@ -347,7 +347,7 @@ def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float 
     for t in np.flatnonzero(np.bincount(tracks.track) > max_views):
         rows = np.flatnonzero(tracks.track == t)
         keep[rng.choice(rows, rows.size - max_views, replace=False)] = False
-    patches = torch.zeros((len(tracks.track), 1, 32, 32))
+    patches = torch.zeros((len(tracks.track), 1, PATCH_SIZE, PATCH_SIZE))
     for m, v in enumerate(views):
         rows = np.flatnonzero(keep & (tracks.view == m))
         if rows.size:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from matcher.descriptors.rootsift import RootSIFT
-from matcher.patches import extract_patches, lafs_from_keypoints
+from matcher.patches import DEFAULT_MAGNIFICATION, extract_patches, lafs_from_keypoints
 from matcher.training.gt_tracks import Tracks, View
 from matcher.training.metrics import fpr95
 
@@ -222,12 +222,12 @@ def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:
     }
 
 
-def view_patches(view: View, magnification: float = 6.0) -> torch.Tensor:
+def view_patches(view: View, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:
     """(N, 1, 32, 32) patches of all keypoints of ``view``, cut by the pipeline's code."""
     return extract_patches(view.gray, lafs_from_keypoints(view.keypoints, magnification))
 
 
-def patch_describer(describe: Callable[[torch.Tensor], torch.Tensor], magnification: float = 6.0) -> Describer:
+def patch_describer(describe: Callable[[torch.Tensor], torch.Tensor], magnification: float = DEFAULT_MAGNIFICATION) -> Describer:
     """A describer from a patch descriptor ``(N, 1, 32, 32) -> (N, D)`` (e.g. SDGMNet, kornia RootSIFT, TFeat)."""
 
     def run(view: View) -> np.ndarray:

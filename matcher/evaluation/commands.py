@@ -49,7 +49,8 @@ Scenes (Strecha layout: images/, gt_dense_cameras/*.camera): relative pose AUC a
 over all pairs, and (unless --no-reconstruct) incremental SfM with camera errors after a similarity
 alignment, registered images, points, track length, reprojection error.
 Methods: ours-rootsift, ours-sdgmnet (when models/sdgmnet.pt ships), ours:<FILE> for each --weights,
-opencv-sift, pycolmap-sift. Without --sequence/--scene, every dataset under --data is used.
+opencv-sift, pycolmap-sift; ours-viewpoint (matching on demand) when named in --methods.
+Without --sequence/--scene, every dataset under --data is used.
 """
 
 

@@ -11,6 +11,9 @@ Methods:
 * ``ours-rootsift``, ``ours-sdgmnet``, ``ours:<weights.pt>``: the real pipeline, :func:`matcher.pipeline.run_match`
   (DoG -> descriptor -> mutual NN + ratio test -> MAGSAC++ F/H -> database), keypoints and matches read back
   from the HDF5 files it writes.
+* ``ours-viewpoint`` (only when named): the ``viewpoint`` preset, SDGMNet then matching on demand
+  (:mod:`matcher.on_demand`); keypoints as the database holds them (view keypoints appended), pairs solved on
+  demand with their on-demand matches.
 * ``opencv-sift``: ``cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute`` on the same resized image
   (plain SIFT, L2-normalised; OpenCV's own keypoint selection by response, second orientations kept), then
   the pipeline's match-and-verify step (:func:`matcher.stages.match_pair`: mutual nearest neighbours, MAGSAC++)
@@ -46,12 +49,15 @@ __all__ = [
     "OpenCVSiftMethod",
     "PycolmapSiftMethod",
     "METHOD_NAMES",
+    "ON_REQUEST_METHODS",
     "build_methods",
 ]
 
 log = logging.getLogger("matcher")
 
 METHOD_NAMES = ("ours-rootsift", "ours-sdgmnet", "opencv-sift", "pycolmap-sift")
+ON_REQUEST_METHODS = ("ours-viewpoint",)
+"""Run only when named (``--methods``): the ``viewpoint`` preset (SDGMNet + matching on demand)."""
 
 
 @dataclass
@@ -63,8 +69,9 @@ class EvalSettings:
     seed: int = 0
     num_threads: int = -1
 
-    def pipeline_config(self, descriptor: str = "rootsift", weights: str | None = None) -> PipelineConfig:
-        """The default preset with these settings (the config ``ours-*`` runs and ``opencv-sift`` reuses)."""
+    def pipeline_config(self, descriptor: str = "rootsift", weights: str | None = None,
+                        preset: str = "default") -> PipelineConfig:
+        """A preset (default: ``default``) with these settings (the config ``ours-*`` runs and ``opencv-sift`` reuses)."""
         overrides: list[dict] = [
             {"images": {"max_edge": self.max_edge}},
             {"detection": {"max_keypoints": self.max_keypoints}},
@@ -73,7 +80,7 @@ class EvalSettings:
         ]
         if weights is not None:
             overrides.append({"descriptor": {"weights": str(weights)}})
-        return load_config("default", overrides)
+        return load_config(preset, overrides)
 
 
 @dataclass
@@ -148,9 +155,10 @@ class OursMethod(Method):
     """The pipeline itself (:func:`matcher.pipeline.run_match`) with a descriptor."""
 
     def __init__(self, settings: EvalSettings, descriptor: str = "rootsift", weights: str | Path | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, preset: str = "default") -> None:
         self.settings = settings
         self.descriptor = descriptor
+        self.preset = preset
         self.weights = None if weights is None else str(weights)
         self.name = name or f"ours-{descriptor}"
         weights_note = f", weights {self.weights}" if self.weights else ""
@@ -158,14 +166,19 @@ class OursMethod(Method):
             f"matcher pipeline: DoG (OpenCV, largest scales kept, one orientation per location) + {descriptor}"
             f"{weights_note}, mutual NN + ratio {PipelineConfig().matching.ratio:g}, MAGSAC++ F/H at 1 px of the "
             "detection image"
+            + (", then matching on demand with affine view synthesis for failed pairs (matcher.on_demand)"
+               if preset == "viewpoint" else "")
         )
 
     def config(self) -> PipelineConfig:
-        return self.settings.pipeline_config(self.descriptor, self.weights)
+        return self.settings.pipeline_config(self.descriptor, self.weights, self.preset)
 
     def run(self, image_dir, pairs, work_dir, reconstruct=False):
+        from contextlib import nullcontext
+
+        from matcher.on_demand import pair_for_export, with_view_keypoints
         from matcher.pipeline import OutputPaths, run_match
-        from matcher.storage import FeatureStore, MatchStore
+        from matcher.storage import FeatureStore, MatchStore, ViewStore
 
         work_dir = _fresh(Path(work_dir))
         names = list_images(image_dir)
@@ -188,10 +201,15 @@ class OursMethod(Method):
         with FeatureStore(paths.features, "r") as features:
             for name in features.names():
                 keypoints[name] = features.read_keypoints(name).astype(np.float64)
-        with MatchStore(paths.matches, "r") as store:
+        views = ViewStore(paths.views, "r") if config.viewpoint.on_demand and paths.views.exists() else None
+        with MatchStore(paths.matches, "r") as store, views or nullcontext():
+            if views is not None:  # the images' keypoints as the database holds them, on-demand ones appended
+                with FeatureStore(paths.features, "r") as features:
+                    keypoints = {name: with_view_keypoints(name, features.read(name), views).keypoints.astype(
+                        np.float64) for name in keypoints}
             for a, b in _ordered(pairs):
                 if store.has(a, b):
-                    pair = store.read(a, b)
+                    pair = pair_for_export(a, b, store, views)
                     results[(a, b)] = PairResult(pair.matches.astype(np.int64), pair.inliers.astype(bool))
         timings = {"features+matching": sum(v for k, v in report.timings.items() if k != "map")}
         if "map" in report.timings:
@@ -349,9 +367,9 @@ def build_methods(
 
     settings = settings or EvalSettings()
     requested = list(METHOD_NAMES) if not names else list(dict.fromkeys(names))
-    unknown = [n for n in requested if n not in METHOD_NAMES]
+    unknown = [n for n in requested if n not in METHOD_NAMES + ON_REQUEST_METHODS]
     if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_NAMES)}")
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHOD_NAMES + ON_REQUEST_METHODS)}")
     methods: list[Method] = []
     notes: list[str] = []
     for name in requested:
@@ -363,6 +381,8 @@ def build_methods(
             else:
                 notes.append("ours-sdgmnet skipped: no trained weights ship in models/ yet (models/sdgmnet.pt); "
                              "pass --weights FILE to evaluate a weights file")
+        elif name == "ours-viewpoint":
+            methods.append(OursMethod(settings, "sdgmnet", "sdgmnet", name="ours-viewpoint", preset="viewpoint"))
         elif name == "opencv-sift":
             methods.append(OpenCVSiftMethod(settings))
         elif name == "pycolmap-sift":

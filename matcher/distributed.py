@@ -20,6 +20,7 @@ or, without one, starts a local cluster; anything else is passed to ``ray.init(a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from matcher.config import MatchingConfig, VerificationConfig
-from matcher.errors import ConfigError
+from matcher.errors import ClusterError, ConfigError
 from matcher.storage import ImageFeatures, PairMatches
 
 __all__ = ["EXTRACT_BATCH", "MATCH_BATCH", "MAX_RETRIES", "require_ray", "connect", "extract_on_ray", "match_on_ray"]
@@ -65,6 +66,20 @@ def _in_flight(ray: Any) -> int:
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
+def _result(ray: Any, ref: Any) -> Any:
+    """``ray.get(ref)``; an exception the task raised comes back as itself (one line for a MatcherError), a task
+    lost beyond its retries as ClusterError."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, Exception):
+            raise exc.cause from None
+        raise
+    except ray.exceptions.RayError as exc:  # worker crashed MAX_RETRIES + 1 times, node or cluster lost
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"Ray task failed after {MAX_RETRIES} retries ({reason}); rerun to resume") from None
+
+
 def _ordered(ray: Any, refs: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
     """(key, ObjectRef) -> (key, result), in the order given, with a bounded number in flight."""
     limit = _in_flight(ray)
@@ -74,10 +89,10 @@ def _ordered(ray: Any, refs: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, A
             pending.append(item)
             if len(pending) >= limit:
                 key, ref = pending.popleft()
-                yield key, ray.get(ref)
+                yield key, _result(ray, ref)
         while pending:
             key, ref = pending.popleft()
-            yield key, ray.get(ref)
+            yield key, _result(ray, ref)
     finally:
         for _, ref in pending:  # the run stopped early (an error): do not leave tasks running
             ray.cancel(ref, force=False)
@@ -113,6 +128,16 @@ def _kill_once(stage: str) -> None:
     os.write(marker, str(os.getpid()).encode())
     os.close(marker)
     os._exit(1)
+
+
+def _absolute_paths(settings: Any) -> Any:
+    """``settings`` with a relative weights file and mask folder made absolute (workers run elsewhere)."""
+    descriptor, images = settings.descriptor, settings.images
+    if Path(descriptor.weights).exists():
+        descriptor = dataclasses.replace(descriptor, weights=str(Path(descriptor.weights).resolve()))
+    if images.mask_dir:
+        images = dataclasses.replace(images, mask_dir=str(Path(images.mask_dir).resolve()))
+    return dataclasses.replace(settings, descriptor=descriptor, images=images)
 
 
 _worker_descriptor: dict[str, Any] = {}  # per worker process: settings -> descriptor
@@ -154,6 +179,7 @@ def extract_on_ray(
         return
     ray = connect(address)
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_extract_task)
+    settings = _absolute_paths(settings)
     refs = ((batch, task.remote(Path(image_dir).resolve(), batch, settings)) for batch in _batches(names, EXTRACT_BATCH))
     for batch, results in _ordered(ray, refs):
         yield from zip(batch, results)

@@ -6,6 +6,7 @@ Anything that is not one of these is a bug and keeps its traceback.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterError",
     "MatcherError",
     "ImageReadError",
     "NoImagesError",
@@ -78,3 +79,12 @@ class OutputBusyError(MatcherError):
     """Another ``match`` is writing the same database."""
 
     exit_code = 2
+
+
+class ClusterError(MatcherError):
+    """``--ray``: a task failed beyond its retries (its workers kept dying) or the cluster was lost.
+
+    Results already written are kept: a rerun resumes, with or without ``--ray``.
+    """
+
+    exit_code = 1

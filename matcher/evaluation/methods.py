@@ -314,6 +314,7 @@ class PycolmapSiftMethod(Method):
         import pycolmap
 
         from matcher.colmap_db import read_pairs
+        from matcher.colmap_log import quiet_colmap
         from matcher.mapping import reconstruct as run_mapping
 
         work_dir = _fresh(Path(work_dir))

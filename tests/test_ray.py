@@ -47,6 +47,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         (faults / stage).touch()
     previous = os.environ.get(FAULT_ENV)
     os.environ[FAULT_ENV] = str(faults)  # inherited by the raylet and its workers
+    if ray.is_initialized():  # another test's Ray: this one needs its own workers, started with FAULT_ENV
+        ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield faults
     ray.shutdown()

@@ -1,14 +1,16 @@
-"""SDGMNet throughput for every inference engine x precision, against this CPU's own matrix-multiply rate.
+"""SDGMNet throughput for every network variant x inference engine x precision, against this CPU's GEMM rate.
 
 Prints a Markdown table: patches/s of each engine (``torch``, the reference, and ``openvino`` when installed)
-in ``fp32`` and ``bf16`` on real patches, as the pipeline runs them (``matcher.descriptors.engines``), the
-share of the measured GEMM rate of that dtype it represents (the network costs 78.2 MFLOP per patch), and the
-agreement with torch fp32 of the same network: descriptor cosine (min / mean), the share of mutual-nearest-
+in ``fp32`` and ``bf16`` on real patches, as the pipeline runs them (``matcher.descriptors.engines``), for each
+weights file given (``--weights sdgmnet sdgmnet-half``: the full network and the compact one distilled from it),
+the share of the measured GEMM rate of that dtype it represents (FLOPs per patch from
+:meth:`SDGMNet.flops_per_patch`: 78.2 M full, 20.2 M half), and the agreement with torch fp32 of the FIRST
+weights (the full network): descriptor cosine (min / mean), the share of mutual-nearest-
 neighbour + ratio matches between two real images that are identical, and, with ``--fpr95 DATASET.h5`` (a patch
 dataset of ``matcher dataset``), FPR95 on 20,000 verification pairs. Engines are timed in interleaved rounds
 (best of ``--repeat``), so load drift on a shared machine hits all of them alike.
 
-    python bench/descriptor_throughput.py [--weights sdgmnet] [--patches 4096] [--repeat 3] [--fpr95 data/x.h5]
+    python bench/descriptor_throughput.py [--weights sdgmnet sdgmnet-half] [--patches 4096] [--repeat 3] [--fpr95 data/x.h5]
 """
 
 from __future__ import annotations
@@ -33,8 +35,6 @@ from matcher.patches import extract_patches, lafs_from_keypoints
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
-FLOP_PER_PATCH = 78.2e6
 
 
 def gemm_rate(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
@@ -70,7 +70,8 @@ def fpr95_of(engine, dataset: Path, pairs: int = 20000) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default="sdgmnet", help="a shipped model name or a .pt file")
+    parser.add_argument("--weights", nargs="+", default=["sdgmnet"],
+                        help="shipped model names or .pt files; the first is the reference (torch fp32)")
     parser.add_argument("--patches", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256, help="patches per call (the pipeline's default)")
@@ -79,24 +80,27 @@ def main() -> None:
     args = parser.parse_args()
     common.set_threads(args.threads)
     print(common.machine_notes(), flush=True)
-    model = load_sdgmnet(args.weights)[0]
+    models = {w: load_sdgmnet(w)[0] for w in args.weights}
+    flops = {w: m.flops_per_patch() for w, m in models.items()}
     p1, p2 = real_patches("0003.jpg", args.patches), real_patches("0004.jpg", args.patches)
     peaks = {"fp32": gemm_rate(torch.float32), "bf16": gemm_rate(torch.bfloat16)}
     engines = {}
     with tempfile.TemporaryDirectory() as cache:  # a cold cache: the conversion time is part of the table
-        for precision in ("fp32", "bf16"):
-            engines[f"torch {precision}"] = TorchEngine(model, precision, args.batch_size)
-        try:
-            import openvino  # noqa: F401
-
+        for w, model in models.items():
             for precision in ("fp32", "bf16"):
-                t = time.perf_counter()
-                engines[f"openvino {precision}"] = OpenVINOEngine(model, precision, args.batch_size, Path(cache))
-                setup = time.perf_counter() - t
-                print(f"openvino {precision}: set up in {setup:.1f} s (cache "
-                      f"{'hit' if engines[f'openvino {precision}'].cache_hit else 'miss: converted'})", flush=True)
-        except ImportError:
-            print("openvino not installed (pip install matcher[fast]): torch only", flush=True)
+                engines[(w, f"torch {precision}")] = TorchEngine(model, precision, args.batch_size)
+            try:
+                import openvino  # noqa: F401
+
+                for precision in ("fp32", "bf16"):
+                    t = time.perf_counter()
+                    engines[(w, f"openvino {precision}")] = OpenVINOEngine(model, precision, args.batch_size, Path(cache))
+                    setup = time.perf_counter() - t
+                    print(f"{w} openvino {precision}: set up in {setup:.1f} s (cache "
+                          f"{'hit' if engines[(w, f'openvino {precision}')].cache_hit else 'miss: converted'})",
+                          flush=True)
+            except ImportError:
+                print("openvino not installed (pip install matcher[fast]): torch only", flush=True)
         best = {name: float("inf") for name in engines}
         loads = []
         for name, engine in engines.items():
@@ -109,25 +113,27 @@ def main() -> None:
                 best[name] = min(best[name], time.perf_counter() - t)
         out = {name: (engine(p1), engine(p2)) for name, engine in engines.items()}
         fprs = {name: fpr95_of(engine, args.fpr95) for name, engine in engines.items()} if args.fpr95 else {}
-    a32, b32 = out["torch fp32"]
+    a32, b32 = out[(args.weights[0], "torch fp32")]
     reference, _ = mutual_nearest_neighbours(a32.numpy(), b32.numpy(), MatchingConfig(ratio=0.8))
     ref_set = {tuple(m) for m in reference}
     print(f"\npatches: {len(p1)} real entry-P10 patches (0003.jpg, 1600 px) in batches of {args.batch_size}; threads: "
-          f"{args.threads}; weights: {args.weights}; load average per round: {' ; '.join(loads)}\n")
-    header = ["engine, precision", "patches/s", "ms per 4096", "achieved GFLOP/s", "GEMM GFLOP/s (dtype)",
+          f"{args.threads}; weights: {', '.join(args.weights)} (reference: {args.weights[0]} torch fp32); load average per round: {' ; '.join(loads)}\n")
+    header = ["weights (MFLOP/patch)", "engine, precision", "patches/s", "ms per 4096", "achieved GFLOP/s", "GEMM GFLOP/s (dtype)",
               "share of GEMM", "cosine to torch fp32 (min / mean)", "MNN matches 0003-0004 identical to torch fp32"]
     if fprs:
         header.append(f"FPR95 {args.fpr95.stem}")
     rows = []
     for name in engines:
         rate = len(p1) / best[name]
-        dtype = name.split()[1]
+        w, label = name
+        dtype = label.split()[1]
+        flop = flops[w]
         a, b = out[name]
         cos = (a * a32).sum(1)
         m, _ = mutual_nearest_neighbours(a.numpy(), b.numpy(), MatchingConfig(ratio=0.8))
         same = len({tuple(x) for x in m} & ref_set)
-        row = [name, f"{rate:,.0f}", f"{4096 / rate * 1000:.0f}", f"{rate * FLOP_PER_PATCH / 1e9:.0f}",
-               f"{peaks[dtype] / 1e9:.0f} ({dtype})", f"{rate * FLOP_PER_PATCH / peaks[dtype]:.0%}",
+        row = [f"{w} ({flop / 1e6:.1f})", label, f"{rate:,.0f}", f"{4096 / rate * 1000:.0f}", f"{rate * flop / 1e9:.0f}",
+               f"{peaks[dtype] / 1e9:.0f} ({dtype})", f"{rate * flop / peaks[dtype]:.0%}",
                f"{cos.min():.5f} / {cos.mean():.6f}", f"{same} of {len(ref_set)} ({same / max(len(ref_set), 1):.1%}; {len(m)} in all)"]
         if fprs:
             row.append(f"{100 * fprs[name]:.2f}%")

@@ -4,6 +4,11 @@ Architecture (shared/docs/methods.md §1.2, following the released code): an inp
 blocks with FRN+TLU (32, 32, 64/s2, 64, 128/s2, 128 channels), dropout 0.3, an 8×8 conv to 128 channels,
 BatchNorm without affine parameters, and L2 normalisation.
 
+Variants (:data:`VARIANTS`): ``full`` is that network (78 MFLOP per patch); ``half`` has half the channels in every
+block (16, 16, 32/s2, 32, 64/s2, 64; 20 MFLOP per patch) and the same 128-D output, trained by distillation from
+``full`` (:mod:`matcher.training.distill`). A weights file's tensor shapes identify its variant
+(:func:`channels_of_state_dict`), so loading needs no extra setting.
+
 Input: patches ``(B, 1, 32, 32)`` float in [0, 1]. Output: descriptors ``(B, 128)`` with unit rows.
 
 Without autograd (``torch.inference_mode`` / ``no_grad``) each FRN+TLU pair runs as one in-place pass
@@ -17,10 +22,16 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["FRN", "TLU", "SDGMNet", "frn_tlu_"]
+__all__ = ["FRN", "TLU", "SDGMNet", "VARIANTS", "channels_of_state_dict", "frn_tlu_"]
 
 PATCH_SIZE = 32
 DESCRIPTOR_DIM = 128
+STRIDES = (1, 1, 2, 1, 2, 1)
+#: channels of the six 3×3 blocks per named variant
+VARIANTS: dict[str, tuple[int, ...]] = {
+    "full": (32, 32, 64, 64, 128, 128),
+    "half": (16, 16, 32, 32, 64, 64),
+}
 
 
 class FRN(nn.Module):
@@ -75,6 +86,7 @@ class SDGMNet(nn.Module):
 
     Args:
         drop_rate: dropout probability before the final 8×8 convolution (0.3 in the paper's recipe).
+        channels: output channels of the six 3×3 blocks, or a name in :data:`VARIANTS` (default ``full``).
         init_weights: initialise the convolutions (orthogonal); False when trained weights are loaded next
             (the 14 QR decompositions took 1.4-2.9 s of a 2-image ``match`` run).
 
@@ -86,20 +98,24 @@ class SDGMNet(nn.Module):
     patch_size = PATCH_SIZE
     descriptor_dim = DESCRIPTOR_DIM
 
-    def __init__(self, drop_rate: float = 0.3, init_weights: bool = True) -> None:
+    def __init__(self, drop_rate: float = 0.3, init_weights: bool = True,
+                 channels: str | tuple[int, ...] = "full") -> None:
         super().__init__()
+        if isinstance(channels, str):
+            if channels not in VARIANTS:
+                raise ValueError(f"unknown SDGMNet variant {channels!r}; known: {', '.join(VARIANTS)}")
+            channels = VARIANTS[channels]
+        if len(channels) != len(STRIDES) or min(channels) < 1:
+            raise ValueError(f"SDGMNet needs {len(STRIDES)} positive channel counts, got {channels}")
+        self.channels = tuple(int(c) for c in channels)
+        cins = (1, *self.channels[:-1])
         self.input_norm = nn.Sequential(FRN(1), TLU(1))
         self.features = nn.Sequential(
-            _conv_block(1, 32),
-            _conv_block(32, 32),
-            _conv_block(32, 64, stride=2),
-            _conv_block(64, 64),
-            _conv_block(64, 128, stride=2),
-            _conv_block(128, 128),
+            *(_conv_block(cin, cout, stride) for cin, cout, stride in zip(cins, self.channels, STRIDES))
         )
         self.head = nn.Sequential(
             nn.Dropout(drop_rate),
-            nn.Conv2d(128, DESCRIPTOR_DIM, kernel_size=8, bias=False),
+            nn.Conv2d(self.channels[-1], DESCRIPTOR_DIM, kernel_size=8, bias=False),
             nn.BatchNorm2d(DESCRIPTOR_DIM, affine=False),
         )
         if init_weights:
@@ -111,6 +127,19 @@ class SDGMNet(nn.Module):
                 nn.init.orthogonal_(module.weight, gain=0.6)
                 if module.bias is not None:
                     nn.init.constant_(module.bias, 0.01)
+
+    @property
+    def variant(self) -> str:
+        """The name of this network's channels in :data:`VARIANTS`, else ``custom``."""
+        return next((name for name, c in VARIANTS.items() if c == self.channels), "custom")
+
+    def flops_per_patch(self) -> int:
+        """Multiply-adds × 2 of the convolutions for one 32×32 patch (the FRN/TLU passes not counted)."""
+        total, size = 0, PATCH_SIZE
+        for cin, cout, stride in zip((1, *self.channels[:-1]), self.channels, STRIDES):
+            size //= stride
+            total += 2 * 9 * cin * cout * size * size
+        return total + 2 * self.channels[-1] * DESCRIPTOR_DIM * size * size
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """patches: (B, 1, 32, 32) -> descriptors (B, 128), unit rows."""
@@ -124,3 +153,11 @@ class SDGMNet(nn.Module):
                 x = frn_tlu_(conv(x), frn, tlu)
         x = self.head(x).flatten(1)
         return F.normalize(x.float(), p=2.0, dim=1)
+
+
+def channels_of_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, ...]:
+    """The six block widths of an SDGMNet state dict (from its convolution weights' shapes)."""
+    try:
+        return tuple(int(state[f"features.{i}.0.weight"].shape[0]) for i in range(len(STRIDES)))
+    except (KeyError, AttributeError, IndexError) as exc:
+        raise ValueError(f"not an SDGMNet state dict (missing {exc})") from None

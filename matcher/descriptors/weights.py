@@ -2,7 +2,9 @@
 
 A weights file is ``torch.save`` of a dict ``{"format": "matcher.sdgmnet/1", "state_dict": ..., "meta": {...}}``,
 loaded with ``weights_only=True``. ``meta`` holds what a model card needs (training data, loss, steps, seed,
-and the patch magnification the model was trained with).
+and the patch magnification the model was trained with). The network's variant (its channels, e.g. the compact
+``half``) is read from the tensor shapes of ``state_dict``; :func:`save_sdgmnet` also writes it to
+``meta["channels"]`` for people reading the file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import torch
 
-from matcher.descriptors.sdgmnet import SDGMNet
+from matcher.descriptors.sdgmnet import SDGMNet, channels_of_state_dict
 from matcher.errors import ModelWeightsError
 
 __all__ = ["FORMAT", "shipped_models", "resolve_weights", "load_sdgmnet", "save_sdgmnet"]
@@ -55,10 +57,10 @@ def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
         raise ModelWeightsError(f"{path}: 'state_dict' is not a dict of tensors")
     if not isinstance(meta, dict):
         raise ModelWeightsError(f"{path}: 'meta' is not a dict (got {type(meta).__name__})")
-    model = SDGMNet(init_weights=False)  # every parameter is loaded below
     try:
+        model = SDGMNet(init_weights=False, channels=channels_of_state_dict(state))  # parameters loaded below
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise ModelWeightsError(f"{path}: weights do not fit SDGMNet ({str(exc).splitlines()[0]})") from None
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -72,5 +74,6 @@ def save_sdgmnet(model: SDGMNet, path: Path, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
+    meta = {**meta, "channels": list(model.channels), "variant": model.variant}
     torch.save({"format": FORMAT, "state_dict": state, "meta": meta}, tmp)
     tmp.replace(path)

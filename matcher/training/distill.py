@@ -1,0 +1,383 @@
+"""Distillation: a compact SDGMNet (the student) learns to reproduce the descriptors of a trained one (the teacher).
+
+Each step draws ``P`` identities × ``K`` views from labelled patch datasets (:class:`PKSampler`); the teacher's
+descriptors of those patches are the targets, so any patch gives a label for free. Without augmentation (the
+default: the patches are already real DoG patches under random homographies, photometric changes and JPEG) the
+teacher describes every patch once before training, through the fast inference engine
+(:func:`matcher.descriptors.engines.build_engine`, bfloat16 where native); with ``augment = true`` the batch is
+augmented with the SDGMNet recipe (:func:`augment_batch`) and the teacher runs on it at every step (a bfloat16
+copy in torch, about a third of a step's time). The student is trained on
+
+    L = w_d · mean_i ‖s_i − t_i‖²  +  w_r · mean_ij (s_iᵀs_j − t_iᵀt_j)²  +  w_l · HardNet(s, labels)
+
+(s, t: unit student / teacher descriptors (B, 128); the second term keeps the teacher's in-batch similarity
+structure, which is what nearest-neighbour matching uses; the third is the project's HardNet loss on the
+labelled views). Validation: a fixed held-out slice of identities (never trained on), unaugmented; the student's
+mean cosine to the teacher, the share of its mutual nearest neighbours that are the teacher's, and FPR95 of
+both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pairs).
+
+Stoppable at any time: a checkpoint (student, optimiser, step, history) every ``checkpoint_every`` steps and the
+weights of the best validation so far in ``out`` (a normal weights file, usable with ``--model``). ``deadline``
+(UTC ``HH:MM``) ends the run early, keeping the best weights. Training stays in torch (bfloat16 autocast,
+channels_last, as :mod:`matcher.training.trainer`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from matcher.descriptors.sdgmnet import SDGMNet
+from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
+from matcher.losses import get_loss
+from matcher.training.augment import augment_batch
+from matcher.training.datasets import concat_patch_sets, load_patch_set
+from matcher.training.homography_patches import PatchSet
+from matcher.training.sampler import PKSampler
+
+__all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "validate_student"]
+
+log = logging.getLogger("matcher")
+
+
+@dataclass
+class DistillConfig:
+    """Settings of a distillation run (a TOML file; relative paths are relative to it)."""
+
+    data: list[str]
+    out: str
+    teacher: str = "sdgmnet"
+    channels: str = "half"
+    steps: int = 2000
+    identities_per_batch: int = 256
+    views_per_identity: int = 2
+    lr: float = 2e-3
+    warmup: int = 100
+    weight_decay: float = 1e-4
+    w_descriptor: float = 1.0
+    w_relation: float = 1.0
+    w_label: float = 0.1
+    drop_rate: float = 0.1
+    augment: bool = False
+    bf16: bool = False
+    channels_last: bool = True
+    validation_identities: int = 2000
+    eval_every: int = 100
+    checkpoint_every: int = 50
+    deadline: str | None = None
+    seed: int = 0
+    magnification: float = 6.0
+    threads: int = 1
+    log_file: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the resumable state lives: ``out`` + ``.ckpt``."""
+        return Path(self.out).with_suffix(".ckpt")
+
+
+def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> DistillConfig:
+    """Read a TOML distillation config; relative paths are taken relative to the file's folder."""
+    path = Path(path)
+    raw = tomllib.loads(path.read_text())
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    base = path.parent
+
+    def relative(p: str) -> str:
+        return str(p) if Path(p).is_absolute() else str(base / p)
+
+    raw["data"] = [relative(p) for p in raw["data"]]
+    raw["out"] = relative(raw["out"])
+    if raw.get("teacher", "sdgmnet").endswith(".pt"):
+        raw["teacher"] = relative(raw["teacher"])
+    if raw.get("log_file"):
+        raw["log_file"] = relative(raw["log_file"])
+    return DistillConfig(**raw)
+
+
+def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
+                   config: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """The distillation loss of one batch.
+
+    Args:
+        student: (B, 128) unit rows (with gradient). teacher: (B, 128) unit rows (targets). labels: (B,) int64.
+
+    Returns:
+        The scalar loss and its terms as floats.
+    """
+    d = (student - teacher).pow(2).sum(1).mean()
+    r = (student @ student.T - teacher @ teacher.T).pow(2).mean()
+    total = config.w_descriptor * d + config.w_relation * r
+    terms = {"descriptor": float(d.detach()), "relation": float(r.detach())}
+    if config.w_label > 0:
+        lab = label_loss(student, labels)
+        total = total + config.w_label * lab
+        terms["label"] = float(lab.detach())
+    terms["loss"] = float(total.detach())
+    return total, terms
+
+
+def _describe(model: SDGMNet, patches: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(patches[i : i + batch].contiguous()) for i in range(0, len(patches), batch)])
+
+
+def _fpr95(desc: torch.Tensor, a: np.ndarray, b: np.ndarray, same: np.ndarray) -> float:
+    from matcher.training.metrics import fpr_at_recall
+
+    sim = (desc[a] * desc[b]).sum(1).numpy()
+    return float(fpr_at_recall(same, sim, 0.95))
+
+
+def validate_student(student: SDGMNet, teacher_desc: torch.Tensor, val: PatchSet, pairs: tuple) -> dict[str, float]:
+    """Agreement of the student with the teacher on the held-out slice (unaugmented patches).
+
+    ``teacher_desc``: (N, 128) teacher descriptors of ``val.patches``; ``pairs``: (a, b, same) arrays of pair
+    indices into ``val`` with their match labels (for FPR95).
+    """
+    s = _describe(student, val.patches)
+    cos = (s * teacher_desc).sum(1)
+    # mutual nearest neighbours between view 0 and view 1 of each identity, student vs teacher
+    first, second = _two_views(val.labels)
+    nn_s = _mutual_nn(s[first], s[second])
+    nn_t = _mutual_nn(teacher_desc[first], teacher_desc[second])
+    agree = float((nn_s == nn_t)[nn_t >= 0].float().mean()) if bool((nn_t >= 0).any()) else float("nan")
+    a, b, same = pairs
+    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()), "mnn_agreement": agree,
+            "fpr95_student": _fpr95(s, a, b, same), "fpr95_teacher": _fpr95(teacher_desc, a, b, same),
+            "mnn_correct_student": float((nn_s == torch.arange(len(first))).float().mean()),
+            "mnn_correct_teacher": float((nn_t == torch.arange(len(first))).float().mean())}
+
+
+def _two_views(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the first two views of every identity: (M,), (M,)."""
+    lab = labels.numpy()
+    order = np.argsort(lab, kind="stable")
+    uniq, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
+    keep = counts >= 2
+    return torch.from_numpy(order[starts[keep]]), torch.from_numpy(order[starts[keep] + 1])
+
+
+def _mutual_nn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """For each row of x (M, D), its mutual nearest neighbour in y (M, D), or -1: (M,) int64."""
+    sim = x @ y.T
+    fwd, bwd = sim.argmax(1), sim.argmax(0)
+    out = fwd.clone()
+    out[bwd[fwd] != torch.arange(len(x))] = -1
+    return out
+
+
+def _split(data: PatchSet, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of training and validation patches: ``n_val`` whole identities held out."""
+    ids = np.unique(data.labels.numpy())
+    rng = np.random.default_rng([seed, 7])
+    val_ids = rng.choice(ids, min(n_val, len(ids) // 10), replace=False)
+    is_val = np.isin(data.labels.numpy(), val_ids)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _val_pairs(labels: torch.Tensor, seed: int, n: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half matching pairs (two views of an identity), half random non-matching pairs: a, b, same (bool)."""
+    rng = np.random.default_rng([seed, 11])
+    first, second = (t.numpy() for t in _two_views(labels))
+    k = min(n // 2, len(first))
+    pick = rng.choice(len(first), k, replace=False)
+    lab = labels.numpy()
+    na, nb = rng.integers(0, len(lab), n), rng.integers(0, len(lab), n)
+    diff = lab[na] != lab[nb]
+    na, nb = na[diff][:k], nb[diff][:k]
+    a = np.concatenate([first[pick], na])
+    b = np.concatenate([second[pick], nb])
+    same = np.concatenate([np.ones(k, bool), np.zeros(len(na), bool)])
+    return a, b, same
+
+
+def _lr_at(config: DistillConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    t = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _past_deadline(deadline: str | None) -> bool:
+    if not deadline:
+        return False
+    now = dt.datetime.now(dt.timezone.utc)
+    hh, mm = (int(x) for x in deadline.split(":"))
+    return (now.hour, now.minute) >= (hh, mm)
+
+
+def _teacher_targets(teacher: SDGMNet, data: PatchSet, config: DistillConfig, note) -> torch.Tensor:
+    """Teacher descriptors (N, 128) of every patch, cached beside the checkpoint (keyed by the data files)."""
+    from matcher.descriptors.engines import build_engine, weights_digest
+
+    cache = Path(config.out).with_suffix(".targets.pt")
+    key = json.dumps({"data": [str(Path(p).resolve()) for p in config.data], "n": len(data),
+                      "teacher": weights_digest(teacher)})
+    if cache.is_file():
+        blob = torch.load(cache, map_location="cpu", weights_only=True)
+        if blob.get("key") == key:
+            return blob["targets"]
+    t0 = time.time()
+    engine = build_engine(teacher, "auto", "auto", 256, "cpu")
+    targets = engine(data.patches)
+    note({"event": "teacher targets", "engine": engine.name, "precision": engine.precision,
+          "patches": len(data), "seconds": time.time() - t0})
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "targets": targets}, cache)
+    return targets
+
+
+def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
+    """Run (or resume) a distillation; returns the best validation record. Writes ``config.out`` (best weights)."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if config.log_file:
+        Path(config.log_file).parent.mkdir(parents=True, exist_ok=True)
+    logf = open(config.log_file, "a") if config.log_file else None
+
+    def note(record: dict[str, Any]) -> None:
+        line = json.dumps(record)
+        log.info(line)
+        if logf:
+            logf.write(line + "\n")
+            logf.flush()
+
+    teacher, teacher_meta = load_sdgmnet(config.teacher)
+    teacher_bf16 = SDGMNet(init_weights=False, channels=teacher.channels)
+    teacher_bf16.load_state_dict(teacher.state_dict())
+    teacher_bf16 = teacher_bf16.eval().to(torch.bfloat16 if config.bf16 else torch.float32,
+                                          memory_format=torch.channels_last)
+    data = concat_patch_sets([load_patch_set(Path(p)) for p in config.data])
+    targets = None if config.augment else _teacher_targets(teacher, data, config, note)
+    train_idx, val_idx = _split(data, config.validation_identities, config.seed)
+    val = PatchSet(data.patches[val_idx], data.labels[val_idx], data.photo[val_idx], data.view[val_idx], data.names)
+    teacher_val = _describe(teacher, val.patches)
+    pairs = _val_pairs(val.labels, config.seed)
+
+    student = SDGMNet(drop_rate=config.drop_rate, channels=config.channels)
+    if config.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    label_loss = get_loss("hardnet")
+    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start, history, best = 0, [], None
+    ckpt = config.checkpoint_path
+    if resume and ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        student.load_state_dict(state["student"])
+        opt.load_state_dict(state["optimizer"])
+        start, history = int(state["step"]), json.loads(state["history"])
+        best = json.loads(state["best"]) if state.get("best") else None
+        note({"event": "resumed", "step": start})
+    note({"event": "start", "train_patches": int(len(train_idx)), "val_patches": int(len(val_idx)),
+          "student_flops": student.flops_per_patch(), "teacher_flops": teacher.flops_per_patch(),
+          "config": {k: v for k, v in asdict(config).items() if k != "history"}})
+
+    sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
+                        seed=config.seed)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+
+    def save_checkpoint(step: int) -> None:
+        tmp = ckpt.with_suffix(".tmp")
+        torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "history": json.dumps(history), "best": json.dumps(best) if best else ""}, tmp)
+        tmp.replace(ckpt)
+
+    def evaluate(step: int) -> None:
+        nonlocal best
+        record = {"step": step, **validate_student(student, teacher_val, val, pairs)}
+        history.append(record)
+        note(record)
+        if best is None or record["cos_mean"] > best["cos_mean"]:
+            best = record
+            meta = {
+                "magnification": float(teacher_meta.get("magnification", config.magnification)),
+                "distilled_from": str(config.teacher), "teacher_meta_loss": teacher_meta.get("loss"),
+                "data": [Path(p).name for p in config.data], "step": step, "steps_planned": config.steps,
+                "loss": f"distill: {config.w_descriptor}*L2 + {config.w_relation}*relation + {config.w_label}*hardnet",
+                "lr": config.lr, "identities_per_batch": config.identities_per_batch, "seed": config.seed,
+                "validation": record,
+            }
+            save_sdgmnet(student, Path(config.out), meta)
+        student.train()
+
+    gen = torch.Generator().manual_seed(config.seed * 1000 + start)
+    batches = sampler.batches(config.steps)
+    t0, done = time.time(), start
+    for step, idx in enumerate(batches):
+        if step < start:
+            continue
+        if _past_deadline(config.deadline):
+            note({"event": "deadline", "step": step})
+            break
+        student.train()
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(config, step)
+        patches = data.patches[idx]
+        if config.augment:
+            patches = augment_batch(patches, config.views_per_identity, gen)
+        labels = data.labels[idx]
+        if config.channels_last:
+            patches = patches.contiguous(memory_format=torch.channels_last)
+        if targets is None:
+            with torch.inference_mode():
+                target = teacher_bf16(patches.to(teacher_bf16.features[0][0].weight.dtype)).float()
+            target = target.clone()
+        else:
+            target = targets[idx]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            out = student(patches)
+        loss, terms = distill_losses(F.normalize(out.float(), dim=1), target, labels, label_loss, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 10 == 0:
+            note({"step": step, "lr": _lr_at(config, step), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
+                  **terms})
+        if (step + 1) % config.eval_every == 0:
+            evaluate(step + 1)
+        if (step + 1) % config.checkpoint_every == 0:
+            save_checkpoint(step + 1)
+        done = step + 1
+    if not history or history[-1]["step"] != done:
+        evaluate(done)
+    save_checkpoint(done)
+    note({"event": "end", "step": done, "best": best, "seconds": time.time() - t0})
+    if logf:
+        logf.close()
+    return best or {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m matcher.training.distill CONFIG.toml [--steps N] [--deadline HH:MM] [--fresh]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m matcher.training.distill", description=main.__doc__)
+    parser.add_argument("config", type=Path, help="distillation config (TOML)")
+    parser.add_argument("--steps", type=int, help="override the number of steps")
+    parser.add_argument("--deadline", help="stop at this UTC time (HH:MM), keeping the best weights")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the config's, 1)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = load_distill_config(args.config, {"steps": args.steps, "deadline": args.deadline,
+                                               "threads": args.threads})
+    best = distill(config, resume=not args.fresh)
+    print(json.dumps(best))
+
+
+if __name__ == "__main__":
+    main()

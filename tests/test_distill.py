@@ -1,0 +1,74 @@
+"""The compact SDGMNet variant and its distillation from the shipped network (matcher.training.distill)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
+from matcher.descriptors.engines import TorchEngine
+from matcher.errors import ModelWeightsError
+from matcher.training.datasets import build_homography_dataset
+from matcher.training.distill import DistillConfig, distill, load_distill_config
+
+from conftest import require_shared
+
+
+@pytest.fixture(scope="module")
+def photo_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Homography patches of one real 640x480 photo (kermit), ~200 identities."""
+    folder = require_shared("scenes", "kermit", "images")
+    photo = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[0]
+    out = tmp_path_factory.mktemp("distill") / "patches.h5"
+    build_homography_dataset([photo], out, warps_per_photo=2, max_keypoints=200, seed=3)
+    return out
+
+
+def test_half_variant_has_a_quarter_of_the_flops_and_the_same_contract(tmp_path: Path) -> None:
+    full, half = SDGMNet(), SDGMNet(channels="half")
+    assert full.flops_per_patch() == 78_184_448  # the 78.2 MFLOP of bench/descriptor_throughput.py
+    assert 3.8 < full.flops_per_patch() / half.flops_per_patch() < 4.0
+    out = half.eval()(torch.rand(5, 1, 32, 32))
+    assert out.shape == (5, 128) and torch.allclose(out.norm(dim=1), torch.ones(5))
+    save_sdgmnet(half, tmp_path / "h.pt", {"magnification": 6.0})
+    loaded, meta = load_sdgmnet(str(tmp_path / "h.pt"))  # the variant comes from the file, no setting
+    assert loaded.variant == "half" and meta["channels"] == [16, 16, 32, 32, 64, 64]
+    x = torch.rand(40, 1, 32, 32)
+    assert torch.allclose(TorchEngine(loaded)(x), TorchEngine(half)(x), atol=1e-6)
+
+
+def test_weights_of_unknown_shape_are_refused_in_one_line(tmp_path: Path) -> None:
+    state = SDGMNet(channels="half").state_dict()
+    del state["features.3.0.weight"]
+    torch.save({"format": "matcher.sdgmnet/1", "state_dict": state, "meta": {}}, tmp_path / "bad.pt")
+    with pytest.raises(ModelWeightsError, match="bad.pt: weights do not fit SDGMNet"):
+        load_sdgmnet(str(tmp_path / "bad.pt"))
+
+
+def test_distillation_writes_usable_weights_and_resumes(photo_patches: Path, tmp_path: Path) -> None:
+    config = tmp_path / "d.toml"
+    config.write_text(
+        f'data = ["{photo_patches}"]\nout = "run/student.pt"\nlog_file = "run/log.jsonl"\nsteps = 2\n'
+        "identities_per_batch = 32\neval_every = 2\ncheckpoint_every = 1\nvalidation_identities = 20\nwarmup = 1\n"
+    )
+    cfg = load_distill_config(config)
+    assert Path(cfg.out) == tmp_path / "run" / "student.pt" and cfg.channels == "half"
+    first = distill(cfg)
+    assert first["step"] == 2 and 0 < first["mnn_agreement"] <= 1
+    student, meta = load_sdgmnet(cfg.out)
+    assert student.variant == "half" and meta["distilled_from"] == "sdgmnet" and meta["magnification"] == 6.0
+    best = distill(load_distill_config(config, {"steps": 4}))  # continues from the step-2 checkpoint
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "resumed", "step": 2} in events
+    assert [e["step"] for e in events if "cos_mean" in e] == [2, 4]
+    assert best["step"] in (2, 4)
+
+
+def test_an_unknown_variant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown SDGMNet variant 'tiny'"):
+        SDGMNet(channels="tiny")
+    with pytest.raises(TypeError):
+        DistillConfig(data=[], out="x.pt", no_such_setting=1)  # type: ignore[call-arg]

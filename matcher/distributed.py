@@ -1,7 +1,8 @@
 """Extraction and matching as Ray tasks (``--ray ADDRESS``, ``pip install "matcher[ray]"``).
 
-Images go to the cluster in batches (``EXTRACT_BATCH`` per task), pairs too (``MATCH_BATCH`` per task, with
-the features of the batch's images as arguments: workers never open the HDF5 files). Results come back to the
+Images go to the cluster in batches (at most ``EXTRACT_BATCH`` per task), pairs too (at most ``MATCH_BATCH`` per
+task, with the features of the batch's images as arguments: workers never open the HDF5 files); batches are
+smaller when a run has few items, so every CPU of the cluster gets work. Results come back to the
 calling process in submission order and are written there, by :func:`matcher.stages.extract_features` and
 :func:`matcher.stages.match_features`, exactly as a local run writes them: resume, fingerprints and the
 database do not depend on where the work ran. At most ``2 x`` the cluster's CPUs batches are in flight, so the
@@ -21,6 +22,7 @@ or, without one, starts a local cluster; anything else is passed to ``ray.init(a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -98,7 +100,11 @@ def _ordered(ray: Any, refs: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, A
             ray.cancel(ref, force=False)
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[list[Any]]:
+def _batches(ray: Any, items: Sequence[Any], largest: int) -> Iterator[list[Any]]:
+    """Consecutive batches of at most ``largest`` items, smaller when there are few items, so that every CPU
+    of the cluster gets about two batches."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    size = max(1, min(largest, math.ceil(len(items) / (2 * cpus))))
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -180,7 +186,8 @@ def extract_on_ray(
     ray = connect(address)
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_extract_task)
     settings = _absolute_paths(settings)
-    refs = ((batch, task.remote(Path(image_dir).resolve(), batch, settings)) for batch in _batches(names, EXTRACT_BATCH))
+    image_dir = Path(image_dir).resolve()
+    refs = ((batch, task.remote(image_dir, batch, settings)) for batch in _batches(ray, names, EXTRACT_BATCH))
     for batch, results in _ordered(ray, refs):
         yield from zip(batch, results)
 
@@ -200,7 +207,7 @@ def match_on_ray(
     task = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_match_task)
 
     def submit() -> Iterator[tuple[list[tuple[str, str]], Any]]:
-        for batch in _batches(pairs, MATCH_BATCH):
+        for batch in _batches(ray, pairs, MATCH_BATCH):
             needed = {name: features.get(name) for pair in batch for name in pair}
             yield batch, task.remote(batch, needed, matching, verification, max_edge)
 

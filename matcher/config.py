@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 import math
-from typing import Any, Callable, ClassVar
+import typing
+from typing import Any, Callable, ClassVar, Literal
 
 from matcher.errors import ConfigError
 from matcher.shipped import resolve_shipped, shipped_names
@@ -35,6 +36,7 @@ __all__ = [
     "config_to_toml",
     "parse_override",
     "validate_config",
+    "check_settings",
     "MIN_MAX_EDGE",
 ]
 
@@ -58,6 +60,10 @@ def _within(low: float, high: float, open_ends: bool = False) -> Rule:
 
 def _one_of(*choices: Any) -> Rule:
     return (lambda v: v in choices, "one of " + ", ".join(map(str, choices)))
+
+
+#: the rule builders, for other settings classes checked by :func:`check_settings` (training runs).
+at_least, above, within, one_of = _at_least, _above, _within, _one_of
 
 
 def _colmap_version() -> Rule:
@@ -131,7 +137,7 @@ class DetectionConfig:
     """
 
     max_keypoints: int = 4096
-    selection: str = "scale"
+    selection: Literal["scale", "response"] = "scale"
     upright: bool = False
     contrast_threshold: float = 0.02
     edge_threshold: float = 10.0
@@ -140,7 +146,7 @@ class DetectionConfig:
     affine: bool = False
 
     rules: ClassVar[dict[str, Rule]] = {
-        "max_keypoints": _at_least(1), "selection": _one_of("scale", "response"),
+        "max_keypoints": _at_least(1),
         "contrast_threshold": _at_least(0.0), "edge_threshold": _above(0.0), "n_octave_layers": _at_least(1),
         "sigma": _above(0.0), "affine": _one_of(True, False),
     }
@@ -173,18 +179,16 @@ class DescriptorConfig:
     ``mps``. See matcher.descriptors.engines.
     """
 
-    name: str = "sdgmnet"
+    name: Literal["rootsift", "sdgmnet"] = "sdgmnet"
     weights: str = "sdgmnet"
     batch_size: int = 256
     bf16: bool = False
-    precision: str = "auto"
-    engine: str = "auto"
-    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    engine: Literal["auto", "torch", "openvino"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
     rules: ClassVar[dict[str, Rule]] = {
-        "name": _one_of("rootsift", "sdgmnet"), "weights": (bool, "a weights file or a shipped model name"),
-        "batch_size": _at_least(1), "precision": _one_of("auto", "fp32", "bf16"),
-        "engine": _one_of("auto", "torch", "openvino"), "device": _one_of("auto", "cpu", "cuda", "mps"),
+        "weights": (bool, "a weights file or a shipped model name"), "batch_size": _at_least(1),
     }
 
 
@@ -197,7 +201,7 @@ class PairsConfig:
     the retrieved pairs to the strategy's own (0: none). ``gps_k`` > 0 adds to any strategy's pairs each image
     with its ``gps_k`` nearest images by EXIF GPS position (images without GPS get none; see matcher.gps)."""
 
-    strategy: str = "exhaustive"
+    strategy: Literal["exhaustive", "sequential", "retrieval", "file"] = "exhaustive"
     overlap: int = 10
     pairs_file: str = ""
     retrieval_k: int = 0
@@ -205,7 +209,7 @@ class PairsConfig:
     gps_k: int = 0
 
     rules: ClassVar[dict[str, Rule]] = {
-        "strategy": _one_of("exhaustive", "sequential", "retrieval", "file"), "overlap": _at_least(1),
+        "overlap": _at_least(1),
         "retrieval_k": _at_least(0), "retrieval_words": _at_least(1), "gps_k": _at_least(0),
     }
 
@@ -228,12 +232,12 @@ class MatchingConfig:
     ratio: float = 0.8
     block_size: int = 256
     threads: int = 1
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     workers: int = 0
 
     rules: ClassVar[dict[str, Rule]] = {
         "ratio": _within(0.0, 1.0), "block_size": _at_least(1), "threads": _at_least(0),
-        "precision": _one_of("auto", "fp32", "bf16"), "workers": _at_least(0),
+        "workers": _at_least(0),
     }
 
 
@@ -297,7 +301,7 @@ class MappingConfig:
     known intrinsics (``export.camera_params``).
     """
 
-    mapper: str = "incremental"
+    mapper: Literal["incremental", "global"] = "incremental"
     num_threads: int = -1
     seed: int = 0
     min_model_size: int = 3
@@ -306,7 +310,7 @@ class MappingConfig:
     init_max_forward_motion: float = 0.95
 
     rules: ClassVar[dict[str, Rule]] = {
-        "mapper": _one_of("incremental", "global"), "num_threads": (lambda v: v == -1 or v >= 1, "-1 (all cores) or at least 1"),
+        "num_threads": (lambda v: v == -1 or v >= 1, "-1 (all cores) or at least 1"),
         "min_model_size": _at_least(1), "min_num_matches": _at_least(1), "init_min_tri_angle": _above(0.0),
         "init_max_forward_motion": _within(0.0, 1.0),
     }
@@ -444,32 +448,60 @@ def load_config(
 
 
 def validate_config(config: PipelineConfig) -> None:
-    """Check every value's type and range against its section's ``rules`` (one ConfigError naming the key).
+    """Check every value of every section with :func:`check_settings` (one ConfigError naming the key).
 
     Called when a configuration is loaded and again by :func:`matcher.pipeline.run_match`, before anything
-    is written. Floats must be finite everywhere (``nan`` would silently switch comparisons off).
+    is written.
     """
     for section in dataclasses.fields(config):
-        values = getattr(config, section.name)
-        rules: dict[str, Rule] = getattr(type(values), "rules", {})
-        for item in dataclasses.fields(values):
-            value, default = getattr(values, item.name), item.default
-            where = f"{section.name}.{item.name} = {value!r}"
-            kind = type(default) if default is not dataclasses.MISSING else None
-            if kind is bool and not isinstance(value, bool) or kind is str and not isinstance(value, str):
-                raise ConfigError(f"{where}: expected {kind.__name__}")
-            if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{where}: expected a number")
-            if kind is int and not isinstance(value, int):
-                raise ConfigError(f"{where}: expected a whole number")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{where}: must be a finite number")
-            if item.name in rules:
-                test, text = rules[item.name]
-                if not test(value):
-                    raise ConfigError(f"{where}: must be {text}")
+        check_settings(getattr(config, section.name), section.name)
     if config.pairs.strategy == "retrieval" and config.pairs.retrieval_k < 1:
         raise ConfigError("pairs.strategy = 'retrieval' needs pairs.retrieval_k >= 1 (--retrieval K)")
+
+
+def check_settings(values: Any, prefix: str = "") -> None:
+    """Check one settings dataclass (a pipeline section, a training run, ...) before any work: each field's
+    type from its annotation (``bool``, ``int``, ``float``, ``str``, ``Literal[...]`` choices, ``list[str]``,
+    ``dict``), floats finite (``nan`` would silently switch comparisons off), then the class's ``rules``.
+
+    Raises:
+        ConfigError: one line, ``<prefix>.<key> = <value>: <what it must be>``.
+    """
+    rules: dict[str, Rule] = getattr(type(values), "rules", {})
+    hints = typing.get_type_hints(type(values))
+    for item in dataclasses.fields(values):
+        value = getattr(values, item.name)
+        where = f"{prefix + '.' if prefix else ''}{item.name} = {value!r}"
+        problem = _type_problem(hints[item.name], value)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+        if item.name in rules:
+            test, text = rules[item.name]
+            if not test(value):
+                raise ConfigError(f"{where}: must be {text}")
+
+
+def _type_problem(kind: Any, value: Any) -> str:
+    """What is wrong with ``value`` for the annotation ``kind`` ("" if nothing)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return "" if value in args and type(value) is type(args[0]) else "must be one of " + ", ".join(map(str, args))
+    if kind is bool or kind is str:
+        return "" if isinstance(value, kind) else f"expected {kind.__name__}"
+    if kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "expected a number"
+        if kind is int and not isinstance(value, int):
+            return "expected a whole number"
+        return "" if math.isfinite(value) else "must be a finite number"
+    if origin is list:
+        item = args[0] if args else Any
+        if not isinstance(value, list):
+            return "expected a list"
+        return next((f"item {v!r}: {p}" for v in value if item is not Any and (p := _type_problem(item, v))), "")
+    if origin is dict or kind is dict:
+        return "" if isinstance(value, dict) else "expected a table"
+    return ""
 
 
 def _toml_value(value: Any) -> str:

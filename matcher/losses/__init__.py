@@ -14,7 +14,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Literal, get_args
 
 from matcher.losses.base import DescriptorLoss, hardest_negatives, pair_indices, same_label_mask
 from matcher.losses.ddtas import DDTASLoss
@@ -29,10 +30,12 @@ __all__ = [
     "DescriptorLoss",
     "HardNetLoss",
     "LOSSES",
+    "LossName",
     "NormalizeScale",
     "SDGMLoss",
     "SmartMiningLoss",
     "build_neighbour_index",
+    "check_loss_options",
     "get_loss",
     "gram_schmidt",
     "hardest_negatives",
@@ -40,7 +43,10 @@ __all__ = [
     "same_label_mask",
 ]
 
-#: registry name -> loss class.
+#: the loss names a configuration may give (a typed choice, checked when a training config is loaded).
+LossName = Literal["ddtas", "dgcrl", "hardnet", "sdgm", "smart_mining"]
+
+#: registry name -> loss class (the keys are exactly :data:`LossName`).
 LOSSES: dict[str, type[DescriptorLoss]] = {
     "ddtas": DDTASLoss,
     "dgcrl": DGCRLLoss,
@@ -60,3 +66,17 @@ def get_loss(name: str, **kwargs: Any) -> DescriptorLoss:
     if key not in LOSSES:
         raise KeyError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
     return LOSSES[key](**kwargs)
+
+
+assert sorted(LOSSES) == sorted(get_args(LossName))
+
+
+def check_loss_options(name: str, options: dict[str, Any]) -> None:
+    """Raise a one-line ConfigError if ``options`` are not keyword arguments of the loss ``name``."""
+    from matcher.errors import ConfigError
+
+    try:
+        inspect.signature(LOSSES[name]).bind(**options)
+    except TypeError as exc:
+        known = ", ".join(p for p in inspect.signature(LOSSES[name]).parameters)
+        raise ConfigError(f"loss_options for '{name}': {exc}; its options: {known}") from None

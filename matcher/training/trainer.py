@@ -22,7 +22,7 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 import torch
@@ -30,9 +30,11 @@ import torch
 from matcher.descriptors.learned import describe_patches
 from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
+from matcher.config import Rule, above, at_least, check_settings, within
 from matcher.errors import ConfigError
-from matcher.losses import SmartMiningLoss, get_loss
+from matcher.losses import LossName, SmartMiningLoss, check_loss_options, get_loss
 from matcher.losses.ddtas import DDTASLoss
+from matcher.patches import DEFAULT_MAGNIFICATION
 from matcher.progress import progress_bar
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
@@ -70,15 +72,15 @@ class TrainConfig:
     heldout: list[str] = field(default_factory=list)
     out: str = "sdgmnet.pt"
     init: str = ""
-    loss: str = "sdgm"
+    loss: LossName = "sdgm"
     loss_options: dict[str, Any] = field(default_factory=dict)
     steps: int = 2000
     identities_per_batch: int = 256
     views_per_identity: int = 2
-    optimizer: str = "sgd"
+    optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 1.0
     weight_decay: float = 1e-4
-    schedule: str = "halving"
+    schedule: Literal["halving", "linear", "constant"] = "halving"
     augment: bool = True
     bf16: bool = True
     channels_last: bool = True
@@ -86,8 +88,15 @@ class TrainConfig:
     eval_pairs: int = 20000
     checkpoint_every: int = 250
     meta_val_fraction: float = 0.1
-    magnification: float = 6.0
+    magnification: float = DEFAULT_MAGNIFICATION
     seed: int = 0
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
+        "lr": above(0.0), "weight_decay": at_least(0.0), "eval_every": at_least(1), "eval_pairs": at_least(2),
+        "checkpoint_every": at_least(1), "meta_val_fraction": within(0.0, 1.0, open_ends=True),
+        "magnification": above(0.0),
+    }
 
     def checkpoint_path(self) -> Path:
         return Path(self.out).with_suffix(".ckpt")
@@ -105,7 +114,8 @@ class TrainResult:
 
 
 def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a TOML training config (top-level keys = :class:`TrainConfig` fields)."""
+    """Read a TOML training config (top-level keys = :class:`TrainConfig` fields), checked like a pipeline
+    configuration (:func:`matcher.config.check_settings`, and the loss's options against its constructor)."""
     path = Path(path)
     try:
         values = tomllib.loads(path.read_text())
@@ -127,7 +137,13 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
         values["out"] = relative(values["out"])
     if values.get("init", "").endswith(".pt"):
         values["init"] = relative(values["init"])
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    try:
+        check_settings(config)
+        check_loss_options(config.loss, config.loss_options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def _step_seed(seed: int, step: int) -> int:

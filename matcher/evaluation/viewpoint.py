@@ -20,7 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["TiltedPair", "tilt_homography", "make_tilted_pair", "write_tilted_pairs", "tilt_band", "TILT_BANDS"]
+__all__ = [
+    "TiltedPair", "tilt_homography", "make_tilted_pair", "write_tilted_pairs", "tilt_band", "TILT_BANDS",
+    "hpatches_pairs", "PairOutcome", "evaluate_pairs", "band_table", "pair_table",
+]
 
 TILT_BANDS = ((1.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 9.0))
 """Tilt bands of the report: [low, high)."""
@@ -123,3 +126,117 @@ def write_tilted_pairs(photos: list[Path], out_dir: Path, tilts: list[float], se
             np.savetxt(folder / "H_1_2", H)
             pairs.append(TiltedPair(name, "1.png", "2.png", H, tilt, longitude, rotation, gray.shape[1], gray.shape[0]))
     return pairs
+
+
+def hpatches_pairs(folder: Path) -> list[TiltedPair]:
+    """The pairs (1, k) of an HPatches sequence (e.g. ``homography/v_churchill``) as :class:`TiltedPair` (tilt
+    unknown: 0), each copied into a two-image folder by :func:`evaluate_pairs`."""
+    from matcher.evaluation.homography import load_hpatches_sequence
+
+    images, homographies = load_hpatches_sequence(folder)
+    first = cv2.imread(str(images[0]), cv2.IMREAD_GRAYSCALE)
+    return [TiltedPair(f"{Path(folder).name}-1-{k}", str(images[0]), str(images[k - 1]), H, 0.0, 0.0, 0.0,
+                       first.shape[1], first.shape[0]) for k, H in homographies.items()]
+
+
+@dataclass
+class PairOutcome:
+    """One method on one pair: ``error`` mean corner error (px; inf when unverified), ``seconds`` features +
+    matching, ``step`` the on-demand step that verified it (0: the normal pass or none), verified ``inliers``."""
+
+    pair: str
+    tilt: float
+    method: str
+    error: float
+    seconds: float
+    step: int
+    inliers: int
+
+
+def _pair_folder(pair: TiltedPair, root: Path) -> Path:
+    """A folder holding only the pair's two images (``1.<ext>``, ``2.<ext>``)."""
+    import shutil
+
+    folder = Path(root) / pair.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, source in ((1, pair.image1), (2, pair.image2)):
+        source = Path(source) if Path(source).is_absolute() or Path(source).exists() else Path(root) / pair.name / source
+        target = folder / f"{index}{source.suffix}"
+        if source.resolve() != target.resolve():
+            shutil.copyfile(source, target)
+    return folder
+
+
+def evaluate_pairs(pairs: list[TiltedPair], methods: list, work_dir: Path, images_root: Path | None = None,
+                   echo=None) -> list[PairOutcome]:  # noqa: ANN001
+    """Run every method (:class:`matcher.evaluation.methods.Method`) on every pair, in a two-image folder each.
+
+    The homography is fitted (MAGSAC++, 3 px, seed 0) to the method's own verified inliers; a pair it does not
+    verify (or with fewer than 4 inliers) has an infinite corner error.
+    """
+    from matcher.evaluation.homography import corner_error
+    from matcher.evaluation.methods import PairResult  # noqa: F401 (the methods' result type)
+
+    outcomes = []
+    for pair in pairs:
+        folder = _pair_folder(pair, Path(images_root) if images_root else Path(work_dir) / "pairs")
+        names = sorted(p.name for p in folder.iterdir() if p.stem in ("1", "2"))
+        for method in methods:
+            run = method.run(folder, [(names[0], names[1])], Path(work_dir) / "runs" / pair.name / method.name)
+            xy1, xy2, inliers = run.matched_points(names[0], names[1])
+            H = None
+            if inliers.sum() >= 4:
+                cv2.setRNGSeed(0)
+                H, _ = cv2.findHomography(xy1[inliers], xy2[inliers], cv2.USAC_MAGSAC, 3.0, maxIters=10000,
+                                          confidence=0.9999)
+            error = corner_error(H, pair.H, pair.width, pair.height)
+            step = _solved_step(run.database, names[0], names[1])
+            outcome = PairOutcome(pair.name, pair.tilt, method.name, error, run.timings.get("features+matching", 0.0),
+                                  step, int(inliers.sum()))
+            outcomes.append(outcome)
+            if echo is not None:
+                echo(f"{pair.name} {method.name}: corner error {error:.2f} px, {outcome.inliers} inliers, "
+                     f"step {step}, {outcome.seconds:.1f} s")
+    return outcomes
+
+
+def _solved_step(database: Path, name1: str, name2: str) -> int:
+    """The on-demand step that solved the pair in the run that wrote ``database`` (0: none, or no on-demand)."""
+    from matcher.on_demand import views_path
+    from matcher.storage import ViewStore
+
+    path = views_path(Path(database).with_name(Path(database).stem + ".matches.h5"))
+    if not path.exists():
+        return 0
+    with ViewStore(path, "r") as views:
+        return views.solved_step(name1, name2)
+
+
+def band_table(outcomes: list[PairOutcome], threshold: float = 5.0) -> list[list[str]]:
+    """Rows ``[band, method, pairs, acc@threshold, median s/pair, solved by step]`` per tilt band and method
+    (tilt 0, HPatches pairs, as band ``hpatches``)."""
+    rows = []
+    bands = sorted({("hpatches" if o.tilt == 0 else tilt_band(o.tilt)) for o in outcomes},
+                   key=lambda b: (b == "hpatches", b))
+    methods = list(dict.fromkeys(o.method for o in outcomes))
+    for band in bands:
+        for method in methods:
+            mine = [o for o in outcomes if o.method == method and ("hpatches" if o.tilt == 0 else tilt_band(o.tilt)) == band]
+            if not mine:
+                continue
+            accuracy = float(np.mean([o.error <= threshold for o in mine]))
+            steps = {}
+            for o in mine:
+                if o.error <= threshold:
+                    key = f"step {o.step}" if o.step else "normal"
+                    steps[key] = steps.get(key, 0) + 1
+            solved = ", ".join(f"{k}: {v}" for k, v in sorted(steps.items())) or "-"
+            rows.append([band, method, str(len(mine)), f"{accuracy:.2f}",
+                         f"{float(np.median([o.seconds for o in mine])):.1f}", solved])
+    return rows
+
+
+def pair_table(outcomes: list[PairOutcome]) -> list[list[str]]:
+    """Rows ``[pair, tilt, method, corner error, inliers, step, s]``."""
+    return [[o.pair, f"{o.tilt:g}", o.method, f"{o.error:.2f}" if math.isfinite(o.error) else "inf", str(o.inliers),
+             str(o.step), f"{o.seconds:.1f}"] for o in outcomes]

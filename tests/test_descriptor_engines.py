@@ -121,6 +121,28 @@ def test_falls_back_to_torch_when_openvino_is_missing(model, patches, reference,
     torch.testing.assert_close(engine(patches), reference, atol=0, rtol=0)
 
 
+def test_a_broken_openvino_is_recorded_as_torch_in_the_settings(model, patches, reference, monkeypatch) -> None:
+    """The features' fingerprint (descriptor_settings) names the engine that runs, not the one configured."""
+    from matcher.config import DescriptorConfig
+    from matcher.descriptors import descriptor_settings
+    from matcher.descriptors import engines
+
+    class BrokenCore:
+        @property
+        def available_devices(self):
+            raise RuntimeError("the CPU plugin failed to load")
+
+    monkeypatch.setattr(engines, "_openvino_probe", {})
+    monkeypatch.setattr(openvino, "Core", BrokenCore)
+    assert descriptor_settings(DescriptorConfig(name="sdgmnet", engine="auto"))["engine"] == "torch"
+    assert descriptor_settings(DescriptorConfig(name="sdgmnet", engine="openvino"))["engine"] == "torch"
+    engine = build_engine(model, "auto", "fp32", 128, "cpu")
+    assert engine.name == "torch"
+    torch.testing.assert_close(engine(patches), reference, atol=0, rtol=0)
+    monkeypatch.undo()
+    assert descriptor_settings(DescriptorConfig(name="sdgmnet", engine="auto"))["engine"] == "openvino"
+
+
 def test_user_weights_run_through_openvino(small_scene: Path, tmp_path: Path, monkeypatch) -> None:
     """``match --model my.pt``: the user's network is converted and cached, and describes like torch."""
     monkeypatch.setenv("MATCHER_CACHE_DIR", str(tmp_path / "cache"))

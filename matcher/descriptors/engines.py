@@ -44,6 +44,7 @@ __all__ = [
     "OpenVINOEngine",
     "build_engine",
     "cache_dir",
+    "openvino_usable",
     "resolve_device",
     "resolve_engine",
     "resolve_precision",
@@ -100,12 +101,41 @@ def _openvino_available() -> bool:
         return False
 
 
+_openvino_probe: dict[str, str] = {}  # "ok" once OpenVINO has imported with a CPU device; else "failed": why
+
+
+def openvino_usable() -> bool:
+    """Whether OpenVINO is installed, imports and has its CPU plugin (a success is remembered per process).
+    Resolving ``auto`` through this keeps the settings recorded with the features (``descriptor_settings``)
+    equal to the engine that runs when the install is broken; a conversion or compilation failure of one
+    network is only known when it is built (:func:`build_engine` then falls back to torch)."""
+    if not _openvino_available():
+        _openvino_probe.pop("ok", None)
+        _openvino_probe["failed"] = "not installed (pip install matcher[fast])"
+        return False
+    if "ok" in _openvino_probe:
+        return True
+    try:
+        import openvino as ov
+
+        if "CPU" not in ov.Core().available_devices:
+            raise RuntimeError("no CPU device")
+    except Exception as exc:  # a broken install: the torch fallback will run
+        _openvino_probe["failed"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return False
+    _openvino_probe["ok"] = ""
+    return True
+
+
 def resolve_engine(engine: str, device: str = "auto") -> str:
-    """``auto`` -> ``openvino`` when installed and the device is the CPU, else ``torch``."""
+    """The engine that will run: ``auto`` -> ``openvino`` when it is usable (:func:`openvino_usable`) and the
+    device is the CPU, else ``torch``; ``openvino`` -> ``torch`` when OpenVINO is not usable (the fallback)."""
     if engine not in ENGINES:
         raise ConfigError(f"descriptor.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "auto":
-        return "openvino" if resolve_device(device).type == "cpu" and _openvino_available() else "torch"
+        return "openvino" if resolve_device(device).type == "cpu" and openvino_usable() else "torch"
+    if engine == "openvino" and not openvino_usable():
+        return "torch"
     return engine
 
 
@@ -240,7 +270,11 @@ class OpenVINOEngine:
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
         }
-        self.compiled = ov.Core().compile_model(ir, "CPU", config)
+        core = ov.Core()
+        # OpenVINO's own cache of compiled blobs (keyed by OpenVINO on the model, device and config): a second
+        # run loads the blob instead of compiling (0.6 -> 0.2 s here); an unusable blob is recompiled by OpenVINO
+        core.set_property({"CACHE_DIR": str(Path(cache_root or cache_dir()) / "openvino" / "compiled")})
+        self.compiled = core.compile_model(ir, "CPU", config)
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.dim = SDGMNet.descriptor_dim
 
@@ -282,11 +316,15 @@ class OpenVINOEngine:
 def build_engine(model: SDGMNet, engine: str = "auto", precision: str = "auto", batch_size: int = 256,
                  device: str = "auto", cache_root: Path | None = None) -> Engine:
     """The engine a configuration asks for; torch when an optional engine is missing or fails to build."""
+    if engine == "openvino" and not openvino_usable():
+        reason = _openvino_probe.get("failed", "")
+        log.warning("OpenVINO engine unavailable (%s); using torch", reason)
     chosen = resolve_engine(engine, device)
     if chosen == "openvino":
         try:
             return OpenVINOEngine(model, precision, batch_size, cache_root)
         except Exception as exc:  # missing package, conversion or compilation error: the reference still runs
-            log.warning("OpenVINO engine unavailable (%s: %s); using torch", type(exc).__name__,
-                        str(exc).splitlines()[0] if str(exc) else "")
-    return TorchEngine(model, precision, batch_size, "cpu" if chosen == "openvino" else device)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            log.warning("OpenVINO engine unavailable (%s); using torch", reason)
+        return TorchEngine(model, precision, batch_size, "cpu")
+    return TorchEngine(model, precision, batch_size, "cpu" if engine == "openvino" else device)

@@ -122,7 +122,6 @@ def extract_features(
     overwrite: bool = False,
     progress: bool = False,
     ray: str | None = None,
-    content: dict[str, str] | None = None,
 ) -> ExtractionCounts:
     """Features of ``names`` (default: every image under ``image_dir``) into ``features_path``, resumably.
 
@@ -133,7 +132,6 @@ def extract_features(
         settings: the ``images``, ``detection``, ``patches`` and ``descriptor`` sections (default: defaults).
         overwrite: replace a features file computed with other settings (else IncompatibleDatabaseError).
         ray: a Ray cluster address (``"auto"``: join or start a local one) to extract on, in batches of images.
-        content: name -> SHA-1 of the file when the caller has hashed the files already.
 
     Raises:
         IncompatibleDatabaseError: the file holds features of other settings and ``overwrite`` is False.
@@ -142,19 +140,16 @@ def extract_features(
     image_dir, settings = Path(image_dir), settings or FeatureSettings()
     names = list(names) if names is not None else list_images(image_dir)
     counts = ExtractionCounts()
-    hashes: dict[str, str] = {}
-    if content is None:
-        left_out = same_content_groups(image_dir, names, hashes)
-        for name, reason in left_out.items():
-            log.warning("skipped %s: %s", image_dir / name, reason)
-            counts.skipped.append((name, reason))
-        names = [n for n in names if n not in left_out]
-    else:
-        hashes = dict(content)
+    hashes: dict[str, str] = {}  # name -> SHA-1 of the file: the content key of its features
+    left_out = same_content_groups(image_dir, names, hashes)
+    for name, reason in left_out.items():
+        log.warning("skipped %s: %s", image_dir / name, reason)
+        counts.skipped.append((name, reason))
+    names = [n for n in names if n not in left_out]
     mask_dir = settings.images.mask_dir
     key = fingerprint(settings.sections(), masks_digest(mask_dir, list_images(image_dir)) if mask_dir else "")
     with open_cache(FeatureStore, Path(features_path), key, overwrite) as store:
-        todo = [n for n in names if not store.usable(n, hashes.get(n))]
+        todo = [n for n in names if not store.usable(n, hashes[n])]
         done = set(names) - set(todo)
         counts.reused = len(done)
         if ray:
@@ -171,10 +166,11 @@ def extract_features(
                     log.warning("skipped %s", result)
                     counts.skipped.append((name, result.split(": ", 1)[-1]))
                     continue
-                store.write(name, result, descriptor=settings.descriptor.name, content=hashes.get(name, ""))
+                store.write(name, result, descriptor=settings.descriptor.name, content=hashes[name])
                 done.add(name)
                 log.info("extracted %s (%d keypoints) [%d/%d]", name, len(result), len(done), len(names))
         finally:
+            results.close()  # Ray: batches still in flight are cancelled
             bar.close()
     counts.used = [n for n in names if n in done]
     return counts

@@ -22,7 +22,19 @@ from matcher.undistortion import UndistortSummary
 if TYPE_CHECKING:
     from matcher.pipeline import RunReport
 
-__all__ = ["match", "reconstruct", "undistort"]
+__all__ = ["match", "reconstruct", "undistort", "FeatureSettings", "extract_features", "make_pairs", "match_features",
+           "export_database"]
+
+_STAGES = ("FeatureSettings", "extract_features", "make_pairs", "match_features", "export_database")
+
+
+def __getattr__(name: str) -> Any:
+    """The stage functions of :mod:`matcher.stages`, imported on first use (they load torch and h5py)."""
+    if name in _STAGES:
+        from importlib import import_module
+
+        return getattr(import_module("matcher.stages"), name)
+    raise AttributeError(f"module 'matcher.api' has no attribute '{name}'")
 
 Overrides = Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Mapping[str, Any]]]
 

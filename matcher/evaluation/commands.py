@@ -72,10 +72,15 @@ Without --sequence/--scene, every dataset under --data is used.
 @click.option("--seed", type=int, default=0, show_default=True, help="Mapping seed.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval"), show_default=True,
               help="Folder for report.md, results.json, the pictures and each method's databases (work/).")
+@click.option("--viewpoint", is_flag=True, default=False,
+              help="Extreme-viewpoint pairs instead: shared photos under synthetic tilts (--tilts) and "
+                   "homography/v_churchill; accuracy @5 px per tilt band, time per pair, the on-demand step that "
+                   "solved each [methods default: ours-viewpoint, ours-sdgmnet, pycolmap-sift].")
+@click.option("--tilts", default="2,3,4,5,6,8", show_default=True, help="Tilts of the --viewpoint pairs.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="Print only the report path.")
 def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tuple[Path, ...],
                  method_names: tuple[str, ...], weights: tuple[Path, ...], max_edge: int, max_keypoints: int,
-                 no_reconstruct: bool, seed: int, out_dir: Path, quiet: bool) -> None:
+                 no_reconstruct: bool, seed: int, out_dir: Path, viewpoint: bool, tilts: str, quiet: bool) -> None:
     from matcher.errors import ConfigError
     from matcher.evaluation.methods import EvalSettings, build_methods
     from matcher.evaluation.run import find_datasets, run_eval
@@ -88,6 +93,10 @@ def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tup
             raise ConfigError(f"--max-edge must be 0 or positive, got {max_edge}")
         settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed)
         names = [n.strip() for item in method_names for n in item.split(",") if n.strip()]
+        if viewpoint:
+            _viewpoint_eval(data_dir, out_dir, names or ["ours-viewpoint", "ours-sdgmnet", "pycolmap-sift"],
+                            settings, tilts, quiet)
+            return
         methods, notes = build_methods(names or None, list(weights), settings)
         if sequences or scenes:
             for folder in (*sequences, *scenes):
@@ -109,6 +118,31 @@ def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tup
                           echo=None if quiet else (lambda message: click.echo(message, err=True)))
     except MatcherError as exc:
         _fail(exc)
+    if not quiet:
+        click.echo(report.read_text())
+    click.echo(f"report: {report}")
+
+
+def _viewpoint_eval(data_dir: Path | None, out_dir: Path, names: list[str], settings, tilts: str,  # noqa: ANN001
+                    quiet: bool) -> None:
+    from matcher.errors import ConfigError
+    from matcher.evaluation.methods import build_methods
+    from matcher.evaluation.viewpoint import run_viewpoint_eval
+
+    try:
+        values = [float(t) for t in tilts.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(not 1.0 <= t <= 32.0 for t in values):
+        raise ConfigError(f"--tilts must be comma-separated numbers from 1 to 32, got '{tilts}'")
+    root = data_dir or default_data_dir()
+    if not root.is_dir():
+        raise NoImagesError(f"{root}: data folder does not exist (pass --data DIR or set MATCHER_SHARED_DATA)")
+    methods, notes = build_methods(names, [], settings)
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    report, _ = run_viewpoint_eval(root, out_dir, methods, values, seed=settings.seed,
+                                   echo=None if quiet else (lambda message: click.echo(message, err=True)))
     if not quiet:
         click.echo(report.read_text())
     click.echo(f"report: {report}")

@@ -12,7 +12,7 @@ from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
 from matcher.descriptors.engines import TorchEngine
 from matcher.errors import ModelWeightsError
 from matcher.training.datasets import build_homography_dataset
-from matcher.training.distill import DistillConfig, distill, load_distill_config
+from matcher.training.distill import DistillConfig, _Progress, distill, load_distill_config
 
 from conftest import require_shared
 
@@ -72,3 +72,18 @@ def test_an_unknown_variant_is_refused() -> None:
         SDGMNet(channels="tiny")
     with pytest.raises(TypeError):
         DistillConfig(data=[], out="x.pt", no_such_setting=1)  # type: ignore[call-arg]
+
+
+def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
+    import datetime as dt
+
+    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%H:%M")
+    if soon < dt.datetime.now(dt.timezone.utc).strftime("%H:%M"):
+        pytest.skip("the deadline would fall on the next day")
+    by_steps = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline=soon), start=0, resumed_progress=0.0)
+    assert by_steps(50) == pytest.approx(0.5, abs=0.01)  # two hours away: the step share leads
+    assert by_steps(100) == 1.0
+    resumed = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline=soon), start=50, resumed_progress=0.7)
+    assert resumed(50) == pytest.approx(0.7, abs=0.01)  # a resumed run continues its decay where it stopped
+    past = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline="00:00"), start=0, resumed_progress=0.0)
+    assert past(0) == 1.0  # past the deadline: no step is run

@@ -18,8 +18,9 @@ both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pa
 
 Stoppable at any time: a checkpoint (student, optimiser, step, history) every ``checkpoint_every`` steps and the
 weights of the best validation so far in ``out`` (a normal weights file, usable with ``--model``). ``deadline``
-(UTC ``HH:MM``) ends the run early, keeping the best weights. Training stays in torch (bfloat16 autocast,
-channels_last, as :mod:`matcher.training.trainer`).
+(UTC ``HH:MM``) ends the run by then: the cosine learning-rate decay follows the larger of the step share and the
+time share to the deadline (:class:`_Progress`), so on a busy machine the run ends with fewer steps but a fully
+decayed learning rate. Training stays in torch (optionally bfloat16 autocast; channels_last).
 """
 
 from __future__ import annotations
@@ -205,19 +206,41 @@ def _val_pairs(labels: torch.Tensor, seed: int, n: int = 20000) -> tuple[np.ndar
     return a, b, same
 
 
-def _lr_at(config: DistillConfig, step: int) -> float:
+def _lr_at(config: DistillConfig, step: int, progress: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay over ``progress`` in [0, 1]."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
-    t = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _past_deadline(deadline: str | None) -> bool:
+def _deadline_time(deadline: str | None, now: dt.datetime) -> dt.datetime | None:
+    """Today's UTC ``HH:MM`` as a datetime, or None."""
     if not deadline:
-        return False
-    now = dt.datetime.now(dt.timezone.utc)
+        return None
     hh, mm = (int(x) for x in deadline.split(":"))
-    return (now.hour, now.minute) >= (hh, mm)
+    return now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+
+
+class _Progress:
+    """Share of the run done: the larger of steps done / ``steps`` and, with a deadline, the share of the time
+    from this sitting's start (resumed at ``resumed_progress``) to the deadline, so the learning-rate decay
+    ends when the run must end, however fast the (shared) machine is."""
+
+    def __init__(self, config: DistillConfig, start: int, resumed_progress: float) -> None:
+        self.steps, self.start_progress = config.steps, resumed_progress
+        self.t0 = dt.datetime.now(dt.timezone.utc)
+        self.end = _deadline_time(config.deadline, self.t0)
+        if self.end is not None and self.end <= self.t0:
+            self.end = self.t0  # already past: the run stops before its first step
+
+    def __call__(self, step: int) -> float:
+        p = step / self.steps
+        if self.end is not None:
+            now = dt.datetime.now(dt.timezone.utc)
+            total = (self.end - self.t0).total_seconds()
+            share = 1.0 if total <= 0 else (now - self.t0).total_seconds() / total
+            p = max(p, self.start_progress + (1 - self.start_progress) * share)
+        return min(1.0, p)
 
 
 def _teacher_targets(teacher: SDGMNet, data: PatchSet, config: DistillConfig, note) -> torch.Tensor:
@@ -273,13 +296,14 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         student = student.to(memory_format=torch.channels_last)
     label_loss = get_loss("hardnet")
     opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start, history, best = 0, [], None
+    start, history, best, resumed_progress = 0, [], None, 0.0
     ckpt = config.checkpoint_path
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), json.loads(state["history"])
+        resumed_progress = float(state.get("progress", start / config.steps))
         best = json.loads(state["best"]) if state.get("best") else None
         note({"event": "resumed", "step": start})
     note({"event": "start", "train_patches": int(len(train_idx)), "val_patches": int(len(val_idx)),
@@ -293,6 +317,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     def save_checkpoint(step: int) -> None:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                    "progress": progress(step),
                     "history": json.dumps(history), "best": json.dumps(best) if best else ""}, tmp)
         tmp.replace(ckpt)
 
@@ -316,16 +341,19 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
 
     gen = torch.Generator().manual_seed(config.seed * 1000 + start)
     batches = sampler.batches(config.steps)
+    progress = _Progress(config, start, resumed_progress)
     t0, done = time.time(), start
     for step, idx in enumerate(batches):
         if step < start:
             continue
-        if _past_deadline(config.deadline):
-            note({"event": "deadline", "step": step})
+        p = progress(step)
+        if p >= 1.0:
+            note({"event": "end of schedule", "step": step})
             break
         student.train()
+        lr = _lr_at(config, step, p)
         for group in opt.param_groups:
-            group["lr"] = _lr_at(config, step)
+            group["lr"] = lr
         patches = data.patches[idx]
         if config.augment:
             patches = augment_batch(patches, config.views_per_identity, gen)
@@ -345,7 +373,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         loss.backward()
         opt.step()
         if step % 10 == 0:
-            note({"step": step, "lr": _lr_at(config, step), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
+            note({"step": step, "lr": lr, "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
                   **terms})
         if (step + 1) % config.eval_every == 0:
             evaluate(step + 1)

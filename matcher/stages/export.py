@@ -5,6 +5,7 @@ The schema follows ``export.colmap_version`` (:mod:`matcher.colmap_legacy_db` be
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -64,8 +65,7 @@ def export_database(
     with FeatureStore(Path(features_path), "r") as features, MatchStore(Path(matches_path), "r") as matches, \
             (ViewStore(Path(views_path), "r") if views_path is not None else nullcontext()) as views:
         names = sorted(names) if names is not None else sorted(features.names())
-        if not isinstance(pairs, (list, tuple)):
-            pairs = read_pairs_file(Path(pairs), names)
+        pairs = read_pairs_file(Path(pairs), names) if isinstance(pairs, (str, os.PathLike)) else list(pairs)
 
         def images() -> Iterator[DatabaseImage]:
             for name in names:

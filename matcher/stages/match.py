@@ -13,6 +13,7 @@ or Ray workers computed them, so the file does not depend on them.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -157,7 +158,7 @@ def match_features(
     features_path = Path(features_path)
     with FeatureStore(features_path, "r") as features:
         settings = feature_settings(features_path, features)
-        if not isinstance(pairs, (list, tuple)):
+        if isinstance(pairs, (str, os.PathLike)):  # a pairs file
             pairs = read_pairs_file(Path(pairs), sorted(features.names()))
         pairs = list(pairs)
         max_edge = int(settings["images"]["max_edge"])

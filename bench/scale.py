@@ -1,0 +1,343 @@
+"""The pipeline at scale: 100 / 300 / 1,000 views of the synthetic street, whose cameras are known.
+
+The collection is :mod:`matcher.evaluation.synthetic_street` (640x480 views every 0.25 m along a 250 m street of
+unique procedural facades), rendered once into ``--cache`` (default: a folder in the system's temp dir, never in
+the repository) and reused; a size N is its first N views (a folder of symbolic links).
+
+For every size, in a fresh process (so its peak memory is its own), the stages of :mod:`matcher.stages` run in
+turn on the N views: ``extract_features`` -> ``make_pairs`` (``--retrieval K``, plus ``--overlap N`` sequential
+neighbours when given) -> ``match_features`` (mutual nearest neighbours + MAGSAC++) -> ``export_database`` ->
+``reconstruct`` (``--mapper``, default incremental). Reported per stage: wall time and the peak resident memory
+while it ran (``VmRSS`` sampled every 50 ms by a thread, plus the kernel's high-water mark ``VmHWM`` reset at
+each stage start; the larger is shown). With ``--ray`` the same sizes run again with ``ray="auto"`` (a local
+Ray cluster of ``--ray-workers`` CPUs started by the child) up to the export (mapping is the same pycolmap run on
+the driver; ``--ray-map`` maps them too); the peak then also counts the Ray processes started under the child
+(sum of their RSS, sampled).
+
+Quality per size: registered views, and the pose error of the largest model against the known cameras after
+a similarity alignment (:func:`matcher.evaluation.synthetic_scene.compare_to_scene`). Where exhaustive
+matching is affordable (N <= ``--exhaustive-up-to``, default 100), a second child matches every pair on the
+same features and the retrieval recall is reported: retrieved pairs among the pairs exhaustive matching
+verifies with >= ``--min-inliers`` (50) inliers, and the oracle ceiling (each view's top K by those inlier
+counts: no top-K retrieval can do better when views have more than K true partners).
+
+Times are wall clock on a shared machine (the load average is printed at each size); compare within a run.
+
+Run from the repository root:
+    python bench/scale.py [--sizes 100 300 1000] [--preset rootsift] [--retrieval 10] [--overlap 0]
+        [--mapper incremental] [--max-keypoints 1024] [--ray | --ray-only] [--threads 2] [--collection 1000]
+        [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+STAGES = ("extract", "pairs", "match", "export", "map")
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+
+
+def _rss_kib(pid: int | str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process under ``root`` (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+class Sampler(threading.Thread):
+    """Samples this process's RSS (and, with ``tree``, the sum over the processes it started) every ``interval``
+    seconds; :meth:`stage` keeps the peak of each stage, with the kernel's VmHWM of this process."""
+
+    def __init__(self, tree: bool, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.tree, self.interval = tree, interval
+        self.current = 0.0
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+
+    def sample(self) -> float:
+        kib = _rss_kib("self")
+        if self.tree:
+            kib += sum(_rss_kib(pid) for pid in _descendants(os.getpid()))
+        return kib / 1024.0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            value = self.sample()
+            with self.lock:
+                self.current = max(self.current, value)
+            time.sleep(self.interval if not self.tree else 4 * self.interval)
+
+    @contextmanager
+    def stage(self, record: dict[str, Any], name: str) -> Iterator[None]:
+        with self.lock:
+            self.current = self.sample()
+        common.reset_peak()
+        t0 = time.perf_counter()
+        yield
+        record[f"{name}_s"] = time.perf_counter() - t0
+        with self.lock:
+            sampled = max(self.current, self.sample())
+        record[f"{name}_peak_mib"] = max(sampled, common.peak_rss_mib())
+
+
+# ------------------------------------------------------------------------------------------------------ child
+
+
+def subset(collection: Path, n: int, root: Path) -> Path:
+    """A folder of symbolic links to the first ``n`` views of the collection."""
+    folder = root / f"images-{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        link = folder / f"view_{i:04d}.jpg"
+        if not link.exists():
+            link.symlink_to(collection / "images" / link.name)
+    return folder
+
+
+def _config(args: dict[str, Any], strategy: str) -> Any:
+    from matcher.config import load_config
+
+    pairs: dict[str, Any] = {"strategy": strategy}
+    if strategy != "exhaustive":
+        pairs.update(retrieval_k=args["retrieval"])
+        if args["overlap"] > 0:
+            pairs.update(strategy="sequential", overlap=args["overlap"])
+    return load_config(args["preset"], [{
+        "detection": {"max_keypoints": args["max_keypoints"]},
+        "pairs": pairs,
+        "export": {"single_camera": True},
+        "mapping": {"mapper": args["mapper"], "num_threads": args["threads"]},
+    }])
+
+
+def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], ray: bool) -> dict[str, Any]:
+    """In a fresh process: every stage on the views of ``image_dir``, timed, with peak memory and pose error.
+    Ray runs stop after the export unless ``args["ray_map"]`` (mapping is pycolmap on the driver either way)."""
+    common.set_threads(args["threads"])
+    import pycolmap
+
+    from matcher.evaluation.synthetic_scene import compare_to_scene, load_scene
+    from matcher.stages import (
+        FeatureSettings, export_database, extract_features, make_pairs, match_features, reconstruct,
+    )
+
+    image_dir_p, work_p = Path(image_dir), Path(work)
+    work_p.mkdir(parents=True, exist_ok=True)
+    config = _config(args, "retrieval")
+    address = None
+    if ray:
+        import ray as ray_module
+
+        ray_module.init(num_cpus=args["ray_workers"], include_dashboard=False, log_to_driver=False)
+        address = "auto"
+    names = sorted(p.name for p in image_dir_p.iterdir())
+    features, matches, db = work_p / "features.h5", work_p / "matches.h5", work_p / "database.db"
+    record: dict[str, Any] = {"images": len(names), "ray": ray, "load_before": common.load_average()}
+    sampler = Sampler(tree=ray)
+    sampler.start()
+    settings = FeatureSettings(config.images, config.detection, config.patches, config.descriptor)
+    with sampler.stage(record, "extract"):
+        extracted = extract_features(image_dir_p, features, names, settings, ray=address)
+    used = sorted(extracted.used)
+    with sampler.stage(record, "pairs"):
+        pairs = make_pairs(features, config.pairs, names=used, image_dir=image_dir_p)
+    with sampler.stage(record, "match"):
+        match_features(features, pairs, matches, config.matching, config.verification, threads=args["threads"],
+                       ray=address)
+    with sampler.stage(record, "export"):
+        exported = export_database(image_dir_p, features, matches, pairs, db, config.export, names=used)
+    if ray:
+        import ray as ray_module
+
+        ray_module.shutdown()
+    record.update(pairs=len(pairs), verified_pairs=exported.pairs_verified, pairs_list=[list(p) for p in pairs],
+                  inlier_matches=exported.database.get("inlier_matches", 0), registered=0)
+    if not ray or args["ray_map"]:
+        with sampler.stage(record, "map"):
+            summary = reconstruct(db, image_dir_p, work_p / "sparse", config.mapping)
+        record["registered"] = summary.registered_images
+    sampler.stop.set()
+    done = [s for s in STAGES if f"{s}_s" in record]
+    record.update(whole_peak_mib=max(record[f"{s}_peak_mib"] for s in done), load_after=common.load_average(),
+                  total_s=sum(record[f"{s}_s"] for s in done))
+    from matcher.mapping import model_path
+
+    if record["registered"] >= 3:
+        scene = load_scene(Path(collection))
+        comparison = compare_to_scene(pycolmap.Reconstruction(model_path(work_p / "sparse")), scene)
+        record.update(rotation_median_deg=float(np.median(comparison.rotation_deg)),
+                      rotation_max_deg=float(comparison.rotation_deg.max()),
+                      position_median_mm=1000 * float(np.median(comparison.position_m)),
+                      position_max_mm=1000 * float(comparison.position_m.max()))
+    return record
+
+
+def run_exhaustive(image_dir: str, features_from: str, work: str, args: dict[str, Any],
+                   retrieved: list[list[str]]) -> dict[str, Any]:
+    """In a fresh process: every pair matched on a copy of the retrieval run's features; recall of retrieval."""
+    common.set_threads(args["threads"])
+    from matcher.stages import make_pairs, match_features
+    from matcher.storage import MatchStore
+
+    work_p = Path(work)
+    work_p.mkdir(parents=True, exist_ok=True)
+    features = work_p / "features.h5"
+    shutil.copyfile(features_from, features)
+    config = _config(args, "exhaustive")
+    t0 = time.perf_counter()
+    pairs = make_pairs(features, config.pairs, image_dir=Path(image_dir))
+    match_features(features, pairs, work_p / "matches.h5", config.matching, config.verification,
+                   threads=args["threads"])
+    seconds = time.perf_counter() - t0
+    names = sorted({n for p in pairs for n in p})
+    index = {n: i for i, n in enumerate(names)}
+    inliers = np.zeros((len(names), len(names)))
+    with MatchStore(work_p / "matches.h5", "r") as store:
+        for a, b in pairs:
+            m = store.read(a, b)
+            inliers[index[a], index[b]] = inliers[index[b], index[a]] = m.num_inliers if m.model != "none" else 0
+    reference = {(a, b) for a, b in pairs if inliers[index[a], index[b]] >= args["min_inliers"]}
+    got = {tuple(p) for p in retrieved}
+    k = args["retrieval"]
+    np.fill_diagonal(inliers, -1)
+    ranking = np.argsort(-inliers, axis=1, kind="stable")[:, :k]
+    oracle = {tuple(sorted((names[i], names[j]))) for i in range(len(names)) for j in ranking[i]}
+    return dict(exhaustive_pairs=len(pairs), exhaustive_s=seconds, reference_pairs=len(reference),
+                recall=len(reference & got) / max(1, len(reference)),
+                oracle_recall=len(reference & oracle) / max(1, len(reference)),
+                partners_median=float(np.median((inliers >= args["min_inliers"]).sum(axis=1))))
+
+
+# ----------------------------------------------------------------------------------------------------- tables
+
+
+def tables(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    rows = []
+    for r in records:
+        pose = (f"{r['rotation_median_deg']:.3f} / {r['rotation_max_deg']:.3f}" if "rotation_median_deg" in r else "-")
+        position = (f"{r['position_median_mm']:.1f} / {r['position_max_mm']:.1f}" if "position_median_mm" in r
+                    else "-")
+        rows.append([r["images"], "Ray x" + str(args.ray_workers) if r["ray"] else "local",
+                     *(common.fmt_s(r[f"{s}_s"]) if f"{s}_s" in r else "-" for s in STAGES),
+                     common.fmt_s(r["total_s"]), r["pairs"], r["verified_pairs"], r["inlier_matches"],
+                     common.fmt_mib(r["whole_peak_mib"]),
+                     f"{r['registered']}/{r['images']}" if "map_s" in r else "-", pose, position,
+                     r["load_before"].split()[0]])
+    out = [common.markdown_table(
+        ["views", "run", "extract s", "pairs s", "match+verify s", "export s", "map s", "total s", "pairs",
+         "verified", "inlier matches", "peak RSS MiB", "registered", "rotation err. median / max (deg)",
+         "position err. median / max (mm)", "load"], rows)]
+    mem = [[r["images"], "Ray" if r["ray"] else "local",
+            *(common.fmt_mib(r[f"{s}_peak_mib"]) if f"{s}_peak_mib" in r else "-" for s in STAGES)]
+           for r in records]
+    out.append("\nPeak RSS per stage (MiB" + (", Ray runs: the child and the Ray processes it started" if args.ray
+                                              else "") + "):\n")
+    out.append(common.markdown_table(["views", "run", *STAGES], mem))
+    recall = [[r["images"], r["exhaustive_pairs"], common.fmt_s(r["exhaustive_s"]), r["reference_pairs"],
+               f"{r['partners_median']:.0f}", r["pairs"], f"{100 * r['recall']:.1f} %",
+               f"{100 * r['oracle_recall']:.1f} %"] for r in records if "recall" in r]
+    if recall:
+        out.append(f"\nRetrieval (K = {args.retrieval}" + (f", + {args.overlap} sequential" if args.overlap else "")
+                   + f") against exhaustive matching (reference: pairs verified with >= {args.min_inliers} "
+                   "inliers):\n")
+        out.append(common.markdown_table(
+            ["views", "exhaustive pairs", "exhaustive match s", "reference pairs", "partners / view (median)",
+             "retrieved pairs", "recall", "oracle top-K recall"], recall))
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
+    p.add_argument("--preset", default="rootsift")
+    p.add_argument("--retrieval", type=int, default=10)
+    p.add_argument("--overlap", type=int, default=0)
+    p.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
+    p.add_argument("--max-keypoints", type=int, default=1024)
+    p.add_argument("--min-inliers", type=int, default=50)
+    p.add_argument("--exhaustive-up-to", type=int, default=100)
+    p.add_argument("--collection", type=int, help="views of the rendered street (default: the largest size)")
+    p.add_argument("--ray", action="store_true", help="also run every size on a local Ray cluster")
+    p.add_argument("--ray-only", action="store_true", help="only the Ray runs")
+    p.add_argument("--ray-workers", type=int, default=2)
+    p.add_argument("--ray-map", action="store_true", help="map the Ray runs' databases too (same as local)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "matcher-bench")
+    p.add_argument("--json", type=Path, help="also write the records here")
+    args = p.parse_args()
+    print(common.machine_notes())
+    print(f"\ncommand: {common.command_line()}\n", flush=True)
+    from matcher.evaluation.synthetic_street import street_collection
+
+    t0 = time.perf_counter()
+    total = args.collection or max(args.sizes)
+    collection = args.cache / f"street-{total}"
+    street_collection(collection, total)
+    print(f"collection: {total} views in {time.perf_counter() - t0:.0f} s (0 s when cached)", flush=True)
+    options = {k: getattr(args, k) for k in ("preset", "retrieval", "overlap", "mapper", "max_keypoints",
+                                             "min_inliers", "threads", "ray_workers", "ray_map")}
+    records = []
+    modes = ([True] if args.ray_only else [False, True] if args.ray else [False])
+    with tempfile.TemporaryDirectory(prefix="scale-", dir=args.cache) as tmp:
+        for n in args.sizes:
+            image_dir = subset(collection, n, args.cache)
+            for ray in modes:
+                work = Path(tmp) / f"{n}-{'ray' if ray else 'local'}"
+                record = common.run_in_child(run_size, str(collection), str(image_dir), str(work), options, ray)
+                if not ray and n <= args.exhaustive_up_to:
+                    record.update(common.run_in_child(run_exhaustive, str(image_dir), str(work / "features.h5"),
+                                                      str(Path(tmp) / f"{n}-exhaustive"), options,
+                                                      record["pairs_list"]))
+                del record["pairs_list"]
+                records.append(record)
+                print(json.dumps(record), flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(records, indent=1))
+    print()
+    print(tables(records, args))
+
+
+if __name__ == "__main__":
+    main()

@@ -284,6 +284,8 @@ def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: 
             continue
         if not np.all(pc[2] > 0):  # straddles the camera plane: the part in front of it bounds the pixels
             pc = _clip_in_front(pc)
+            if pc.size == 0:
+                continue
         xy = pc[:2] / pc[2]
         c0, c1 = int(max(0, math.floor(xy[0].min()))), int(min(W, math.ceil(xy[0].max()) + 1))
         r0, r1 = int(max(0, math.floor(xy[1].min()))), int(min(H, math.ceil(xy[1].max()) + 1))
@@ -329,7 +331,7 @@ def render_view(quads: Sequence[Quad], textures: Sequence[list[np.ndarray]], K: 
 
 def _clip_in_front(polygon: np.ndarray, near: float = 1e-3) -> np.ndarray:
     """The part of a convex polygon (3, M) of homogeneous pixels ``depth * [x, y, 1]`` with depth >= ``near``
-    (Sutherland-Hodgman against one plane); (3, M') with M' >= 1 when any vertex is in front."""
+    (Sutherland-Hodgman against one plane); (3, M'), empty (size 0) when no part is that far in front."""
     out = []
     points = list(polygon.T)
     for a, b in zip(points, points[1:] + points[:1]):

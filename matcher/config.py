@@ -129,8 +129,8 @@ class DetectionConfig:
 
     ``selection``: which keypoints survive ``max_keypoints``: ``scale`` keeps the largest scales (COLMAP drops
     the finest octaves first), ``response`` the strongest DoG responses. ``contrast_threshold`` 0.02 is COLMAP's
-    SIFT peak threshold (0.00667 per layer; OpenCV divides by the 3 layers); OpenCV's own default, 0.04, left
-    1024 px images with 2300-3100 keypoints of a 4096 budget and lower pose accuracy (docs/eval.md).
+    SIFT peak threshold (0.00667 per layer; OpenCV divides by the 3 layers); OpenCV's own default, 0.04, leaves
+    much of a 4096 budget unused (docs/eval.md, "Why the defaults").
     ``affine``: estimate each keypoint's affine shape (Baumberg iteration, kornia's second-moment estimator) and
     re-estimate its orientation in the shape-normalised frame; patches are then sampled from the affine frame
     (matcher.affine_shape). Changes the descriptors of ``sdgmnet`` (patch-based), not of ``rootsift`` (OpenCV's).
@@ -218,12 +218,11 @@ class PairsConfig:
 class MatchingConfig:
     """Mutual nearest neighbours on L2 distance, optionally with Lowe's ratio test (``ratio`` = 0: off).
 
-    The default 0.8 is COLMAP's. The test removes most matches between unrelated images (without it,
-    MAGSAC++ finds 15-22 "inliers" among ~250 random mutual matches; with it, none). On entry-P10, 0.8 gave a
-    0.127° median rotation error against 0.150° with 0.9; on v_churchill MMA@3 px 0.85 against 0.74.
-    ``block_size``: rows of the similarity matrix computed at a time (bounds memory). ``threads``: torch threads while matching (0: leave as is); one
-    thread and blocks of 256 made matching 2.3x faster on Lund than two threads and blocks of 2048 on this
-    2-core machine, with identical matches (bench/RESULTS.md): the small reductions wait on the second thread.
+    The default 0.8 is COLMAP's; the test removes most matches between unrelated images (measured: docs/eval.md,
+    "Why the defaults"). ``block_size``: rows of the similarity matrix computed at a time (bounds memory).
+    ``threads``: torch threads while matching (0: leave as is); the default, one thread and blocks of 256, is the
+    fastest measured (bench/RESULTS.md, "Figures behind the defaults"): the small reductions wait on a second
+    thread.
     ``precision``: dtype of the product that proposes candidates (``auto``: bfloat16 where the processor has
     native bfloat16, else float32); decisions always use float32 similarities (see matcher.matching).
     ``workers``: pairs matched and verified at once, each in its own thread with ``threads`` torch threads

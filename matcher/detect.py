@@ -19,8 +19,7 @@ sit +0.25 px off the pixel-centre convention in x and y (measured here: detectio
 
 When there are more than ``max_keypoints``, the largest scales are kept by default (``selection = "scale"``),
 as COLMAP does by dropping the finest octaves first: fine-scale blobs on foliage, gravel and noise are the
-least repeatable. On Sceaux Castle's hardest pair (100_7109/100_7110) this gave 81 RANSAC inliers against 28
-when keeping the strongest responses (``selection = "response"``), and 1239 against 844 on an easy pair.
+least repeatable (measured against ``selection = "response"``: docs/eval.md, "Why the defaults").
 """
 
 from __future__ import annotations

@@ -10,12 +10,12 @@ For N1 x N2 descriptors the full similarity matrix is never held:
    when that row is the proposer.
 
 ``precision``: the similarity product runs in bfloat16 where the processor multiplies bfloat16 natively
-(AVX512-BF16 or AMX; ``auto``), about 5x faster than float32 here. bfloat16 similarities are only good to
-about 0.01, so they only *propose* candidates; every similarity that decides a match (nearest, second
-nearest, the reverse check, the stored score) is the float32 dot product of the candidates. A decision can
-differ from the all-float32 search only when more than ``CANDIDATES`` columns lie within about 0.01 of the
-best, where the ratio test rejects the row anyway: on 60 Lund pairs (4618 matches) bfloat16 proposals gave
-the same matches but one extra (bench/RESULTS.md).
+(AVX512-BF16 or AMX; ``auto``; speed in bench/RESULTS.md, "Figures behind the defaults"). bfloat16
+similarities are only good to about 0.01, so they only *propose* candidates; every similarity that decides a
+match (nearest, second nearest, the reverse check, the stored score) is the float32 dot product of the
+candidates. A decision can differ from the all-float32 search only when more than ``CANDIDATES`` columns lie
+within about 0.01 of the best, where the ratio test rejects the row anyway (the agreement measured on Lund is
+in bench/RESULTS.md).
 
 Reductions run in NumPy (repeated SIMD ``argmax``), several times faster than torch's ``max``/``topk`` with
 indices on this CPU; the product runs in torch (oneDNN). Peak extra memory is ``block_size * max(N1, N2) * 6``

@@ -20,10 +20,10 @@ gets from its own local descriptors (the run's features.h5), computed in three s
 
 Memory, for N images, W words and D-dimensional local descriptors: codebook W x D float32 (64 x 128: 32 KiB);
 index N x W D float16 (N = 10,000, W = 64, D = 128: 156 MiB); the search adds a ``block`` x N float32 score
-block (512 x 10,000: 20 MiB) and float32 copies of ``block`` index rows (16 MiB each); measured +103 MiB above
-the index at N = 10,000 (bench/retrieval.py ``--synthetic``). Never an N x N matrix. Time: one descriptor read
-per image (plus at most ``max_images`` for the sample), about 20 ms of VLAD per image of 4096 descriptors, and
-N^2 W D multiply-adds for the search (N = 10,000: 8e11; time and memory in bench/RESULTS.md).
+block (512 x 10,000: 20 MiB) and float32 copies of ``block`` index rows (16 MiB each). Never an N x N matrix.
+Time: one descriptor read per image (plus at most ``max_images`` for the sample), the VLAD of each image, and
+N^2 W D multiply-adds for the search (N = 10,000: 8e11). Measured time and memory (``bench/retrieval.py
+--synthetic``): bench/RESULTS.md.
 
 Deterministic: the sample, k-means and the sort depend only on the names, the descriptors and ``seed``.
 """

@@ -23,7 +23,7 @@ def describe_patches(
     Args:
         patches: (N, 1, 32, 32) float in [0, 1].
         bf16: run a bfloat16 copy of the network (weights and activations; descriptors are normalised in
-            float32). bfloat16 autocast was not faster than float32 here (bench/descriptor_throughput.py).
+            float32); bfloat16 autocast is not used (speed: bench/descriptor_throughput.py, bench/RESULTS.md).
 
     Returns:
         (N, 128) float32 descriptors with unit rows.

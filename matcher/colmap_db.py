@@ -82,14 +82,33 @@ def to_colmap_geometry(model: str, geometry: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown geometry model {model}")
 
 
+def _jpeg_without_focal(path: Path) -> bool:
+    """Whether ``path`` is a JPEG whose EXIF (read from the header, no decode) has no focal length tag."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if img.format != "JPEG":
+                return False
+            exif = img.getexif().get_ifd(0x8769)  # the Exif sub-IFD
+            return not exif.get(0x920A) and not exif.get(0xA405)  # FocalLength, FocalLengthIn35mmFilm
+    except Exception:  # noqa: BLE001 (unreadable header: let COLMAP decide)
+        return False
+
+
 def focal_prior(path: Path, width: int, height: int) -> tuple[float, bool]:
     """(focal length in pixels, whether it is an EXIF prior) for an image of ``width`` x ``height`` pixels.
 
     COLMAP's own answer (``pycolmap.infer_camera_from_image``: EXIF focal length and its sensor database)
     where COLMAP's reader can open the file; otherwise (a format only PIL decodes, such as WebP or PCX) the
     EXIF 35 mm-equivalent focal length read by PIL, else COLMAP's guess 1.2 * max(width, height), unflagged.
-    Called once per image at extraction; the result is stored with its features.
+    Called once per image at extraction; the result is stored with its features. A JPEG whose EXIF holds no
+    focal length at all (neither FocalLength nor FocalLengthIn35mmFilm) gets COLMAP's guess without asking
+    COLMAP, whose answer would be the same after decoding the whole image a second time (a quarter of the
+    decode-and-detect time of an 800 px image here).
     """
+    if _jpeg_without_focal(Path(path)):
+        return 1.2 * max(width, height), False
     try:
         camera = pycolmap.infer_camera_from_image(Path(path), pycolmap.ImageReaderOptions())
         if camera.width > 0 and camera.height > 0:

@@ -7,6 +7,7 @@ temporary folder. Each round runs, as separate processes and in alternating orde
   (CPU, ``num_threads`` = ``--threads``), images -> verified database: what a user of pycolmap writes;
 * ``match``: the ``match`` command with the default preset (``match IMAGES --out DB -q``);
 * ``match, torch engine``: the same with ``--set descriptor.engine=torch``;
+* ``match, weights W`` for every ``--weights W`` (e.g. ``sdgmnet-half``, the compact network, or a .pt file);
 * ``match --help`` and ``matcher --version`` (start-up alone).
 
 Then, once, ``match`` with an empty engine cache (``MATCHER_CACHE_DIR`` pointing to a new folder): a first run
@@ -14,6 +15,7 @@ on a machine, which converts the network for OpenVINO. Medians over ``--rounds``
 of the same round.
 
     python bench/two_image_job.py [--rounds 3] [--size 800] [--scene entry-P10] [--names 0003.jpg 0004.jpg]
+        [--weights sdgmnet-half] [--no-torch]
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=800, help="longer edge of the copies (px)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", action="append", default=[],
+                        help="also run match with these descriptor weights (repeatable)")
+    parser.add_argument("--no-torch", action="store_true", help="leave out the torch-engine row")
     args = parser.parse_args()
     print(common.machine_notes(), flush=True)
     bindir = Path(sys.executable).parent
@@ -78,9 +83,15 @@ def main() -> None:
             "match (default preset)": lambda r: [str(bindir / "match"), str(images), "--out", str(work / f"m{r}.db"), "-q"],
             "match, torch engine": lambda r: [str(bindir / "match"), str(images), "--out", str(work / f"t{r}.db"), "-q",
                                               "--set", "descriptor.engine=torch"],
+            **{f"match, weights {w}": (lambda r, w=w, i=i: [str(bindir / "match"), str(images), "--out",
+                                                             str(work / f"w{i}_{r}.db"), "-q", "--set",
+                                                             f"descriptor.weights={w}"])
+               for i, w in enumerate(args.weights)},
             "match --help": lambda r: [str(bindir / "match"), "--help"],
             "matcher --version": lambda r: [str(bindir / "matcher"), "--version"],
         }
+        if args.no_torch:
+            del jobs["match, torch engine"]
         times: dict[str, list[float]] = {name: [] for name in jobs}
         loads = []
         for r in range(args.rounds):

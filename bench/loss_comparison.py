@@ -25,6 +25,8 @@ LOSSES = {
     "dgcrl": {},
     "ddtas": {},
 }
+#: the miner each loss trains with (Smart Mining's global mining is a miner apart from its loss).
+MINERS = {"smart_mining": "smart"}
 
 
 def main() -> None:
@@ -40,7 +42,7 @@ def main() -> None:
     rows = []
     for name in args.losses.split(","):
         config = dataclasses.replace(
-            base, loss=name, loss_options=LOSSES.get(name, {}), steps=args.steps,
+            base, loss=name, loss_options=LOSSES.get(name, {}), miner=MINERS.get(name, "none"), steps=args.steps,
             identities_per_batch=args.identities, out=str(args.work / f"{name}.pt"),
             eval_every=args.steps, checkpoint_every=args.steps, init="",
         )

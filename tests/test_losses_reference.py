@@ -15,7 +15,8 @@ import torch
 from matcher.losses import DDTASLoss, DGCRLLoss, HardNetLoss, SDGMLoss, SmartMiningLoss
 from matcher.losses.base import hardest_negatives, pair_indices
 from matcher.losses.ddtas import at_asms_tolerances
-from matcher.losses.smart_mining import build_neighbour_index, controller_update
+from matcher.training.miners import SmartMiner, build_neighbour_index, controller_update
+from matcher.training.otg import OnlineThresholdGenerator
 from matcher.training.sampler import PKSampler
 
 
@@ -297,7 +298,7 @@ def test_smart_mining_rho_and_controller_match_loops() -> None:
     g = torch.Generator().manual_seed(5)
     emb = torch.nn.functional.normalize(torch.randn(80, 3, generator=g), dim=1)
     labels = torch.arange(40).repeat_interleave(2)
-    loss = SmartMiningLoss(margin=0.3, k=6, epsilon_init=0.25, gain=0.2, rho_target=0.5)
+    loss = SmartMiner(margin=0.3, k=6, epsilon_init=0.25, gain=0.2, rho_target=0.5)
     info = loss.refresh_index(emb, labels)
     idx = loss.index
     assert idx is not None
@@ -521,9 +522,10 @@ def test_otg_pair_weights_equal_the_first_order_formula() -> None:
 
     net = TinyNet()
     xt, yt, xv, yv = _otg_data()
-    loss = DDTASLoss(alpha=12.0, use_otg=True, meta_lr=0.3)
+    loss = DDTASLoss(alpha=12.0)
+    otg = OnlineThresholdGenerator(loss, meta_lr=0.3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    loss.meta_step(net, xt, yt, xv, yv)
+    otg.meta_step(net, xt, yt, xv, yv)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the model is untouched
     assert all(p.grad is None for p in net.parameters())
     assert loss._otg_cache is not None
@@ -534,14 +536,14 @@ def test_otg_pair_weights_equal_the_first_order_formula() -> None:
     d_val = net(xv)
     s_val = d_val @ d_val.t()
     kp_v, kn_v, _ = loss.mine(s_val.detach(), yv)
-    grad_val = torch.autograd.grad(loss._soft_contrastive(s_val, kp_v, kn_v, 0.5), params)
+    grad_val = torch.autograd.grad(loss.soft_contrastive(s_val, kp_v, kn_v, 0.5), params)
     g = []
     for i, j in selected:  # one pair at a time: ℓ_k = the loss with a one-hot weight on pair k
         d_tr = net(xt)
         s_tr = d_tr @ d_tr.t()
         onehot = torch.zeros_like(s_tr)
         onehot[i, j] = 1.0
-        grad_k = torch.autograd.grad(loss._soft_contrastive(s_tr, keep_pos, keep_neg, 0.5, onehot), params)
+        grad_k = torch.autograd.grad(loss.soft_contrastive(s_tr, keep_pos, keep_neg, 0.5, onehot), params)
         g.append(-0.3 * sum((a * b).sum() for a, b in zip(grad_val, grad_k)))
     expected = otg_normalise(torch.stack(g))
     got = torch.stack([weights[i, j] for i, j in selected])
@@ -551,7 +553,7 @@ def test_otg_pair_weights_equal_the_first_order_formula() -> None:
     d_tr = net(xt)
     value = loss(d_tr, yt)
     s_tr = d_tr @ d_tr.t()
-    assert float(value) == pytest.approx(float(loss._soft_contrastive(s_tr, keep_pos, keep_neg, 0.5, weights)), rel=1e-12)
+    assert float(value) == pytest.approx(float(loss.soft_contrastive(s_tr, keep_pos, keep_neg, 0.5, weights)), rel=1e-12)
     assert loss.statistics()["otg_weighted"] == 1.0
     loss(d_tr.detach(), yt)  # used once: the next call is unweighted again
     assert loss.statistics()["otg_weighted"] == 0.0
@@ -560,31 +562,32 @@ def test_otg_pair_weights_equal_the_first_order_formula() -> None:
 def test_otg_threshold_mode_steps_lambda_by_the_meta_gradient() -> None:
     net = TinyNet(seed=1)
     xt, yt, xv, yv = _otg_data(1)
-    loss = DDTASLoss(alpha=12.0, use_otg=True, otg_mode="threshold", meta_lr=0.5, threshold_lr=0.2)
+    loss = DDTASLoss(alpha=12.0)
+    otg = OnlineThresholdGenerator(loss, mode="threshold", meta_lr=0.5, threshold_lr=0.2)
     params = dict(net.named_parameters())
 
     def val_after_step(lam: float) -> float:
         d = net(xt)
         s = d @ d.t()
         kp, kn, _ = loss.mine(s.detach(), yt)
-        grads = torch.autograd.grad(loss._soft_contrastive(s, kp, kn, lam), list(params.values()))
+        grads = torch.autograd.grad(loss.soft_contrastive(s, kp, kn, lam), list(params.values()))
         new = {n: p - 0.5 * g for (n, p), g in zip(params.items(), grads)}
         dv = torch.func.functional_call(net, new, (xv,))
         sv = dv @ dv.t()
         kpv, knv, _ = loss.mine(sv.detach(), yv)
-        return float(loss._soft_contrastive(sv, kpv, knv, 0.5))
+        return float(loss.soft_contrastive(sv, kpv, knv, 0.5))
 
     h = 1e-6
     fd = (val_after_step(0.5 + h) - val_after_step(0.5 - h)) / (2 * h)
-    info = loss.meta_step(net, xt, yt, xv, yv)
+    info = otg.meta_step(net, xt, yt, xv, yv)
     assert abs(fd) > 1e-6
     assert info["otg_lam_step"] == pytest.approx(-0.2 * fd, rel=1e-5)
     assert float(loss.lam) == pytest.approx(0.5 - 0.2 * fd, rel=1e-6)
 
 
-def test_otg_needs_the_flag() -> None:
-    with pytest.raises(RuntimeError):
-        DDTASLoss().meta_step(TinyNet(), *_otg_data())
+def test_otg_needs_the_ddtas_loss() -> None:
+    with pytest.raises(TypeError):
+        OnlineThresholdGenerator(HardNetLoss())
 
 
 # ----------------------------------------------------------------------------------------- Smart Mining batches
@@ -597,7 +600,7 @@ def test_mined_batches_put_globally_confusable_identities_together() -> None:
     centres = torch.repeat_interleave(base, 2, dim=0) + 0.35 * torch.randn(n_id, dim, generator=g) / math.sqrt(dim)
     labels = torch.arange(n_id).repeat_interleave(3)
     emb = torch.nn.functional.normalize(centres[labels] + 0.15 * torch.randn(len(labels), dim, generator=g) / math.sqrt(dim), dim=1)
-    loss = SmartMiningLoss(k=4, neighbours_per_seed=1, hard_positive_prob=1.0)
+    loss = SmartMiner(k=4, neighbours_per_seed=1, hard_positive_prob=1.0)
     loss.refresh_index(emb, labels)
     batches = loss.mined_batches(identities_per_batch=4, views_per_identity=2, seed=1)
     together = seen = 0
@@ -626,13 +629,14 @@ def test_batch_stream_refreshes_on_schedule() -> None:
     g = torch.Generator().manual_seed(2)
     patches = torch.randn(60, 6, generator=g, dtype=torch.float64)
     labels = torch.arange(20).repeat_interleave(3)
-    loss = SmartMiningLoss(refresh_every=5)
+    miner, loss = SmartMiner(refresh_every=5), SmartMiningLoss()
     log: list[dict] = []
-    stream = loss.batch_stream(net, patches, labels, identities_per_batch=4, seed=0, on_refresh=log.append)
+    stream = miner.batch_stream(net, patches, labels, identities_per_batch=4, seed=0, on_refresh=log.append)
     for _ in range(12):
         idx = torch.from_numpy(next(stream))
         loss(net(patches[idx]), labels[idx])
-    assert len(log) == 3 and int(loss.refreshes) == 3  # steps 0, 5, 10
+        miner.after_step()
+    assert len(log) == 3 and int(miner.refreshes) == 3  # steps 0, 5, 10
     assert all({"rho", "epsilon"} <= set(entry) for entry in log)
 
 
@@ -640,7 +644,7 @@ def test_mined_epochs_differ_between_epochs_and_repeat_for_a_seed() -> None:
     g = torch.Generator().manual_seed(4)
     emb = torch.nn.functional.normalize(torch.randn(90, 8, generator=g), dim=1)
     labels = torch.arange(30).repeat_interleave(3)
-    loss = SmartMiningLoss()
+    loss = SmartMiner()
     loss.refresh_index(emb, labels)
     e0 = loss.mined_batches(5, 2, seed=0, epoch=0)
     assert all((a == b).all() for a, b in zip(e0, loss.mined_batches(5, 2, seed=0, epoch=0)))

@@ -7,7 +7,8 @@ import io
 import pytest
 import torch
 
-from matcher.losses import LOSSES, DDTASLoss, DGCRLLoss, SDGMLoss, SmartMiningLoss, get_loss
+from matcher.losses import LOSSES, DDTASLoss, DGCRLLoss, SDGMLoss, get_loss
+from matcher.training.miners import SmartMiner
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
@@ -120,15 +121,27 @@ def test_state_dict_round_trip(name: str) -> None:
     buf.seek(0)
     b = get_loss(name, **kwargs)
     b.load_state_dict(torch.load(buf))
-    if isinstance(a, SmartMiningLoss):  # the index is rebuilt, not saved
-        emb, lab = unit(40, 8, seed=9), torch.arange(20).repeat_interleave(2)
-        a.refresh_index(emb, lab)
-        assert b.needs_refresh()
-        b.refresh_index(emb, lab)
     stats_a = {k: v for k, v in a.statistics().items() if k in dict(b.state_dict())}
     stats_b = {k: v for k, v in b.statistics().items() if k in dict(b.state_dict())}
     assert stats_a == stats_b
     assert _run(a, range(5, 9)) == _run(b, range(5, 9))
+    assert a.statistics() == pytest.approx(b.statistics(), nan_ok=True)
+
+
+def test_smart_miner_state_round_trip() -> None:
+    """The miner's state (ε, ρ, counters) is saved; its index is rebuilt, not saved."""
+    emb, lab = unit(40, 8, seed=9), torch.arange(20).repeat_interleave(2)
+    a = SmartMiner()
+    a.refresh_index(emb, lab)
+    a.after_step()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = SmartMiner()
+    b.load_state_dict(torch.load(buf))
+    assert b.needs_refresh()
+    a.refresh_index(emb, lab)
+    b.refresh_index(emb, lab)
     assert a.statistics() == pytest.approx(b.statistics(), nan_ok=True)
 
 
@@ -144,7 +157,7 @@ def test_sdgm_state_is_in_state_dict_and_changes() -> None:
 def test_ddtas_and_dgcrl_state_keys() -> None:
     assert "lam" in DDTASLoss().state_dict()
     assert "centres" in DGCRLLoss(num_classes=4, embedding_dim=8).state_dict()
-    assert {"epsilon", "rho", "steps", "refreshes"} <= set(SmartMiningLoss().state_dict())
+    assert {"epsilon", "rho", "steps", "refreshes"} <= set(SmartMiner().state_dict())
 
 
 def test_public_api_is_sorted_and_complete() -> None:
@@ -184,9 +197,9 @@ def test_sdgm_total_steps_advances_progress_itself() -> None:
 
 def test_smart_mining_refreshes_relative_to_the_run_length() -> None:
     """A 300-step run mines 5 times by default (every 60 steps), not once on the untrained network."""
-    loss = SmartMiningLoss()
+    loss = SmartMiner()
     loss.set_run_length(300)
     assert loss.refresh_every == 60
-    fixed = SmartMiningLoss(refresh_every=100)
+    fixed = SmartMiner(refresh_every=100)
     fixed.set_run_length(300)
     assert fixed.refresh_every == 100

@@ -20,9 +20,11 @@ import pytest
 import torch
 
 from matcher.descriptors.sdgmnet import SDGMNet
-from matcher.losses import DDTASLoss, SmartMiningLoss, get_loss
+from matcher.losses import DDTASLoss, get_loss
 from matcher.training import HELDOUT_PHOTOS, TRAIN_PHOTOS, PKSampler, fpr95, make_homography_patches
 from matcher.training.homography_patches import PatchSet
+from matcher.training.miners import SmartMiner
+from matcher.training.otg import OnlineThresholdGenerator
 from matcher.training.sampler import verification_pairs
 
 STEPS = 200
@@ -31,15 +33,17 @@ TRAIN_DATA = dict(max_keypoints=120, frame_noise=1.5)  # ~2100 patches, ~760 ide
 HELD_DATA = dict(max_keypoints=200, frame_noise=1.5)  # ~1500 patches, ~540 identities
 
 #: name -> (identities per batch P, views K, constructor arguments). SDGM's statistics momentum and power
-#: initialisation are scaled to a 200-step run (defaults assume 200k iterations of 1024 pairs); Smart Mining
-#: refreshes its index twice (steps 0 and 100).
+#: initialisation are scaled to a 200-step run (defaults assume 200k iterations of 1024 pairs).
 CONFIGS: dict[str, tuple[int, int, dict]] = {
     "hardnet": (8, 2, {}),
     "sdgm": (8, 2, dict(momentum=0.95, power_init=None)),
-    "smart_mining": (8, 2, dict(refresh_every=100)),
+    "smart_mining": (8, 2, {}),
     "dgcrl": (6, 3, {}),
     "ddtas": (6, 3, {}),
 }
+#: name -> the miner's arguments, for the losses trained with a miner: Smart Mining refreshes its index twice
+#: (steps 0 and 100).
+MINERS: dict[str, dict] = {"smart_mining": dict(refresh_every=100)}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,7 +84,7 @@ def untrained_fpr95() -> float:
     return heldout_fpr95(model)
 
 
-def train(name: str, seed: int = 0) -> tuple[SDGMNet, torch.nn.Module]:
+def train(name: str, seed: int = 0) -> tuple[SDGMNet, torch.nn.Module, SmartMiner | None]:
     """``STEPS`` Adam steps (lr 1e-3) of ``name``'s loss from the shared initial network; ``seed`` drives dropout
     and batch sampling."""
     train_set, _, _ = data()
@@ -91,8 +95,9 @@ def train(name: str, seed: int = 0) -> tuple[SDGMNet, torch.nn.Module]:
     model.train()
     loss = get_loss(name, **kwargs)
     opt = torch.optim.Adam(list(model.parameters()) + list(loss.parameters()), lr=1e-3)
-    if isinstance(loss, SmartMiningLoss):
-        batches = loss.batch_stream(model, train_set.patches, train_set.labels, P, K, seed=seed)
+    miner = SmartMiner(**MINERS[name]) if name in MINERS else None
+    if miner is not None:
+        batches = miner.batch_stream(model, train_set.patches, train_set.labels, P, K, seed=seed)
     else:
         batches = PKSampler(train_set.labels, P, K, seed=seed).batches(STEPS)
     for step in range(STEPS):
@@ -103,25 +108,27 @@ def train(name: str, seed: int = 0) -> tuple[SDGMNet, torch.nn.Module]:
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-    return model, loss
+        if miner is not None:
+            miner.after_step()
+    return model, loss, miner
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_200_steps_lower_heldout_fpr95(name: str, record_property) -> None:
     t0 = time.perf_counter()  # the first test also pays for building the patch sets and the untrained FPR95
     before = untrained_fpr95()  # shared by all losses (same seeded network)
-    model, loss = train(name)
+    model, loss, miner = train(name)
     after = heldout_fpr95(model)
     elapsed = time.perf_counter() - t0
     record_property("fpr95_before", before)
     record_property("fpr95_after", after)
     record_property("seconds", elapsed)
-    print(f"\n{name}: FPR95 {before:.3f} -> {after:.3f} in {elapsed:.1f} s; {loss.statistics()}")
+    stats = {**loss.statistics(), **(miner.statistics() if miner is not None else {})}
+    print(f"\n{name}: FPR95 {before:.3f} -> {after:.3f} in {elapsed:.1f} s; {stats}")
     assert before > 0.1  # the held-out task is not trivial for the untrained network
     assert after < before
     assert after < 0.5 * before  # a clear improvement, not noise (observed: 3-10x lower)
     assert elapsed < TIME_LIMIT_S
-    stats = loss.statistics()
     if name == "sdgm":
         assert stats["kept_fraction"] < 1.0 and stats["fn_threshold"] < 0.9  # modulation and guard were on
     if name == "smart_mining":
@@ -136,14 +143,15 @@ def test_ddtas_online_threshold_generator_runs_on_sdgmnet() -> None:
     train_set, _, _ = data()
     torch.manual_seed(2)
     model = SDGMNet()
-    loss = DDTASLoss(use_otg=True)
+    loss = DDTASLoss()
+    otg = OnlineThresholdGenerator(loss)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_batches = PKSampler(train_set.labels, 6, 3, seed=1).batches(3)
     val_batches = PKSampler(train_set.labels, 4, 2, seed=2).batches(3)
     for tr, va in zip(train_batches, val_batches):
         tr, va = torch.from_numpy(tr), torch.from_numpy(va)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        info = loss.meta_step(model, train_set.patches[tr], train_set.labels[tr], train_set.patches[va], train_set.labels[va])
+        info = otg.meta_step(model, train_set.patches[tr], train_set.labels[tr], train_set.patches[va], train_set.labels[va])
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert info["otg_pairs"] > 0 and 0.0 <= info["otg_weight_mean"] <= 1.0
         value = loss(model(train_set.patches[tr]), train_set.labels[tr])

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from matcher.cli import main
 from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
+from matcher.errors import ConfigError
 from matcher.training.datasets import build_homography_dataset, load_patch_set
 from matcher.training.hpatches_patches import patches_from_homography_sequence
 from matcher.training.trainer import TrainConfig, export_checkpoint, load_train_config, train
@@ -73,6 +74,33 @@ def test_config_file_paths_are_relative_to_it(tiny_data: tuple[Path, Path], tmp_
     config_path.write_text('steps = 2\nbogus = 1\n')
     result = CliRunner().invoke(main, ["train", str(config_path), "-q"])
     assert result.exit_code == 2 and "bogus" in result.output
+
+
+def test_miner_runs_as_a_hook_and_older_checkpoints_are_refused(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    config = _config(tiny_data, tmp_path / "m.pt", loss="smart_mining", miner="smart", identities_per_batch=16,
+                     heldout=[], steps=4)
+    cut = train(config, progress=False, stop_after=2)
+    state = torch.load(config.checkpoint_path(), weights_only=True)
+    assert cut.steps == 2 and int(state["hooks"][0]["refreshes"]) >= 1 and int(state["hooks"][0]["steps"]) == 2
+    del state["format"]  # as a checkpoint written before miners were split from the losses
+    torch.save(state, config.checkpoint_path())
+    with pytest.raises(ConfigError, match="older matcher.*cannot be resumed"):
+        train(config, progress=False)
+    assert export_checkpoint(config, tmp_path / "old.pt") == 2  # its weights can still be exported
+
+
+@pytest.mark.parametrize("line, message", [
+    ('loss = "arcface"', "loss = 'arcface': must be one of ddtas, dgcrl, hardnet, sdgm, smart_mining"),
+    ('schedule = "cosine"', "must be one of halving, linear, constant"),
+    ('loss = "hardnet"\n[loss_options]\nrefresh_every = 5', 'now miner = "smart" and [miner_options]'),
+    ('otg = true', "the online threshold generator is DDTAS's"),
+])
+def test_training_config_errors_are_one_line(tmp_path: Path, line: str, message: str) -> None:
+    config_path = tmp_path / "run.toml"
+    config_path.write_text(f'train = ["a.h5"]\n{line}\n')
+    result = CliRunner().invoke(main, ["train", str(config_path), "-q"])
+    assert result.exit_code == 2 and message in result.output and str(config_path) in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_hpatches_patches_follow_the_ground_truth_homography() -> None:

@@ -2,7 +2,9 @@
 
 One module per loss (shared/docs/methods.md): :class:`HardNetLoss` (baseline), :class:`SDGMLoss`,
 :class:`SmartMiningLoss`, :class:`DGCRLLoss` (with :class:`NormalizeScale`) and :class:`DDTASLoss`. Shared pieces
-(the contract, pair masks, in-batch hardest negatives) are in :mod:`matcher.losses.base`.
+(the contract, pair masks, in-batch hardest negatives) are in :mod:`matcher.losses.base`. Miners and other
+training hooks (Smart Mining's global mining, DDTAS's online threshold generator) are apart, in
+:mod:`matcher.training` (:mod:`~matcher.training.miners`, :mod:`~matcher.training.otg`).
 
 Example:
     >>> import torch
@@ -22,7 +24,7 @@ from matcher.losses.ddtas import DDTASLoss
 from matcher.losses.dgcrl import DGCRLLoss, NormalizeScale, gram_schmidt
 from matcher.losses.hardnet import HardNetLoss
 from matcher.losses.sdgm import SDGMLoss
-from matcher.losses.smart_mining import SmartMiningLoss, build_neighbour_index
+from matcher.losses.smart_mining import SmartMiningLoss
 
 __all__ = [
     "DDTASLoss",
@@ -34,7 +36,6 @@ __all__ = [
     "NormalizeScale",
     "SDGMLoss",
     "SmartMiningLoss",
-    "build_neighbour_index",
     "check_loss_options",
     "get_loss",
     "gram_schmidt",

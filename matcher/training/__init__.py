@@ -1,4 +1,5 @@
-"""Training utilities: P×K batch sampling, patch-verification metrics and a homography patch set."""
+"""Training utilities: P×K batch sampling, miners and other trainer hooks, patch-verification metrics and a
+homography patch set."""
 
 from __future__ import annotations
 
@@ -9,14 +10,20 @@ from matcher.training.homography_patches import (
     load_photo,
     make_homography_patches,
 )
+from matcher.training.hooks import TrainingHook
 from matcher.training.metrics import average_precision, fpr95, fpr_at_recall, mean_average_precision
+from matcher.training.miners import SmartMiner
+from matcher.training.otg import OnlineThresholdGenerator
 from matcher.training.sampler import PKSampler, verification_pairs
 
 __all__ = [
     "HELDOUT_PHOTOS",
+    "OnlineThresholdGenerator",
     "PKSampler",
     "PatchSet",
+    "SmartMiner",
     "TRAIN_PHOTOS",
+    "TrainingHook",
     "average_precision",
     "fpr95",
     "fpr_at_recall",

@@ -10,6 +10,12 @@ state and the history. A run resumed from a checkpoint therefore ends with the s
 uninterrupted run (tested). Smart Mining is the exception: its neighbour index is rebuilt from the current
 network when a run resumes, as it would be at its next scheduled refresh.
 
+Miners and meta-learners are hooks (:mod:`matcher.training.hooks`): ``miner = "smart"`` adds
+:class:`~matcher.training.miners.SmartMiner` (the batch source), ``otg = true`` DDTAS's
+:class:`~matcher.training.otg.OnlineThresholdGenerator`; the trainer calls their hooks and knows no loss class.
+Checkpoints carry :data:`CHECKPOINT_FORMAT`; one of an older format (written before miners were split from the
+losses, when their state was the loss's) is refused with a message: its weights can still be exported.
+
 Speed on CPU: the network runs in ``channels_last`` and, where the processor supports it (``bf16 = true``),
 under bfloat16 autocast; losses compute in float32.
 """
@@ -17,6 +23,7 @@ under bfloat16 autocast; losses compute in float32.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 import tomllib
@@ -32,17 +39,31 @@ from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
 from matcher.config import Rule, above, at_least, check_settings, within
 from matcher.errors import ConfigError
-from matcher.losses import LossName, SmartMiningLoss, check_loss_options, get_loss
-from matcher.losses.ddtas import DDTASLoss
+from matcher.losses import LossName, check_loss_options, get_loss
 from matcher.patches import DEFAULT_MAGNIFICATION
 from matcher.progress import progress_bar
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
-from matcher.training.metrics import average_precision, fpr95
-from matcher.training.sampler import PKSampler, verification_pairs
+from matcher.training.hooks import TrainingHook, TrainingRun
+from matcher.training.metrics import verification_metrics
+from matcher.training.miners import SmartMiner
+from matcher.training.otg import OnlineThresholdGenerator
+from matcher.training.sampler import PKSampler
 
-__all__ = ["TrainConfig", "TrainResult", "load_train_config", "train", "evaluate_fpr95", "export_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainConfig",
+    "TrainResult",
+    "build_hooks",
+    "load_train_config",
+    "train",
+    "evaluate_fpr95",
+    "export_checkpoint",
+]
+
+#: format of training checkpoints; 2: hook states (miner, OTG) apart from the loss's (issue 13).
+CHECKPOINT_FORMAT = 2
 
 log = logging.getLogger("matcher")
 
@@ -57,6 +78,10 @@ class TrainConfig:
         out: weights file to write.
         init: weights to start from ("" = random init; a shipped name or a .pt file to fine-tune).
         loss: a name of :func:`matcher.losses.get_loss`; ``loss_options`` its keyword arguments.
+        miner: "none" (the P×K sampler) or "smart" (:class:`~matcher.training.miners.SmartMiner`, whose margin is
+        the loss's unless ``miner_options`` gives one); ``miner_options`` its keyword arguments.
+        otg: DDTAS's online threshold generator (loss "ddtas" only); ``otg_options`` its keyword arguments
+        (``mode``, ``meta_lr``, ``threshold_lr``, ``lam_bounds``).
         steps: optimiser steps; ``identities_per_batch`` P and ``views_per_identity`` K (2 = HardNet batch).
         optimizer: "sgd" (momentum 0.9, the SDGMNet recipe) or "adam"; ``lr``, ``weight_decay``.
         schedule: "halving" (halve the LR every 10% of the run, SDGMNet), "linear" (to 0, HardNet), "constant".
@@ -64,7 +89,7 @@ class TrainConfig:
         bf16: bfloat16 autocast for the network; ``channels_last`` memory format.
         eval_every / checkpoint_every: steps between held-out evaluations / checkpoints; ``eval_pairs`` pairs
         per held-out set.
-        meta_val_fraction: identities of the training data kept aside as DDTAS's meta-validation batches.
+        meta_val_fraction: identities of the training data kept aside as the OTG's meta-validation batches.
         seed: every random draw.
     """
 
@@ -74,6 +99,10 @@ class TrainConfig:
     init: str = ""
     loss: LossName = "sdgm"
     loss_options: dict[str, Any] = field(default_factory=dict)
+    miner: Literal["none", "smart"] = "none"
+    miner_options: dict[str, Any] = field(default_factory=dict)
+    otg: bool = False
+    otg_options: dict[str, Any] = field(default_factory=dict)
     steps: int = 2000
     identities_per_batch: int = 256
     views_per_identity: int = 2
@@ -140,6 +169,7 @@ def load_train_config(path: Path, overrides: dict[str, Any] | None = None) -> Tr
     config = TrainConfig(**values)
     try:
         check_settings(config)
+        _check_hook_options(config)
         check_loss_options(config.loss, config.loss_options)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
@@ -153,16 +183,12 @@ def _step_seed(seed: int, step: int) -> int:
 def evaluate_fpr95(
     model: SDGMNet, patch_set: PatchSet, num_pairs: int = 20000, seed: int = 0
 ) -> dict[str, float]:
-    """FPR95 and average precision of verification pairs (half matching) of a held-out patch set.
-
-    Negatives are two patches of different identities from the same image (harder than across images).
-    """
-    i1, i2, is_match = verification_pairs(patch_set.labels, num_pairs, seed=seed, groups=patch_set.photo)
-    needed = np.unique(np.concatenate([i1, i2]))
-    descriptors = torch.zeros((len(patch_set), 128))
-    descriptors[needed] = describe_patches(model, patch_set.patches[needed], batch_size=1024, bf16=False)
-    scores = (descriptors[i1] * descriptors[i2]).sum(1).numpy()
-    return {"fpr95": fpr95(is_match, scores), "ap": average_precision(is_match, scores)}
+    """FPR95 and average precision of verification pairs (half matching) of a held-out patch set
+    (:func:`~matcher.training.metrics.verification_metrics`; negatives: two identities of the same image)."""
+    return verification_metrics(
+        lambda rows: describe_patches(model, patch_set.patches[rows], batch_size=1024, bf16=False),
+        patch_set.labels, patch_set.photo, num_pairs, seed,
+    )
 
 
 def _lr_at(config: TrainConfig, step: int) -> float:
@@ -184,26 +210,55 @@ def _optimizer(config: TrainConfig, model: torch.nn.Module, loss: torch.nn.Modul
     raise ConfigError(f"unknown optimizer '{config.optimizer}' (sgd, adam)")
 
 
-def _split_meta_validation(data: PatchSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    labels = data.labels.numpy()
-    unique = np.unique(labels)
-    rng = np.random.default_rng(seed + 99)
-    held = rng.choice(unique, max(2, int(fraction * len(unique))), replace=False)
-    is_val = np.isin(labels, held)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+#: loss options that became a miner's or the OTG's (old training configs get a pointer, not a bare TypeError).
+_MOVED_OPTIONS = {
+    **{k: 'miner = "smart" and [miner_options]' for k in (
+        "k", "neighbours_per_seed", "hard_positive_prob", "epsilon_init", "epsilon_max", "rho_target", "gain",
+        "refresh_every", "refreshes_per_run")},
+    "use_otg": "otg = true", "otg_mode": "[otg_options] mode", "meta_lr": "[otg_options]",
+    "threshold_lr": "[otg_options]", "lam_bounds": "[otg_options]",
+}
 
 
-def _batches(config: TrainConfig, loss: torch.nn.Module, model: SDGMNet, data: PatchSet, train_idx: np.ndarray,
+def _check_hook_options(config: TrainConfig) -> None:
+    """One-line ConfigErrors for hook settings (and for loss options that moved to a hook)."""
+    moved = sorted(set(config.loss_options) & set(_MOVED_OPTIONS))
+    if moved:
+        raise ConfigError(f"loss_options {', '.join(moved)}: now {_MOVED_OPTIONS[moved[0]]} (miners and the OTG are "
+                          "training hooks apart from the loss)")
+    if config.otg and config.loss != "ddtas":
+        raise ConfigError(f"otg = true: the online threshold generator is DDTAS's, not for loss '{config.loss}'")
+    for name, options, cls, implied in (("miner_options", config.miner_options, SmartMiner, ()),
+                                        ("otg_options", config.otg_options, OnlineThresholdGenerator, ("loss",))):
+        try:
+            inspect.signature(cls).bind(*[None] * len(implied), **options)
+        except TypeError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def build_hooks(config: TrainConfig, loss: torch.nn.Module) -> list[TrainingHook]:
+    """The run's hooks, in the order the trainer calls them: the miner, then the OTG."""
+    hooks: list[TrainingHook] = []
+    if config.miner == "smart":
+        hooks.append(SmartMiner(**{"margin": getattr(loss, "margin", 0.5), **config.miner_options}))
+    if config.otg:
+        hooks.append(OnlineThresholdGenerator(loss, **{"val_fraction": config.meta_val_fraction,  # type: ignore[arg-type]
+                                                       **config.otg_options}))
+    return hooks
+
+
+def _batches(config: TrainConfig, hooks: list[TrainingHook], model: SDGMNet, data: PatchSet, train_idx: np.ndarray,
              start: int) -> Iterator[np.ndarray]:
-    """Index batches (into ``data``) for steps start, start+1, ..."""
-    if isinstance(loss, SmartMiningLoss):
-        loss.set_run_length(config.steps)
-        sub_labels = data.labels[train_idx]
-        stream = loss.batch_stream(model, data.patches[train_idx], sub_labels, config.identities_per_batch,
-                                   config.views_per_identity, seed=config.seed)
-        for batch in stream:
-            yield train_idx[batch]
-        return
+    """Index batches (into ``data``) for steps start, start+1, ...: the first hook's that supplies batches (a
+    miner, which resumes its own schedule), else the P×K sampler's."""
+    run = TrainingRun(model, data.patches[train_idx], data.labels[train_idx], config.steps,
+                      config.identities_per_batch, config.views_per_identity, config.seed)
+    for hook in hooks:
+        stream = hook.batches(run)
+        if stream is not None:
+            for batch in stream:
+                yield train_idx[batch]
+            return
     sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
                         seed=config.seed)
     for step, batch in enumerate(sampler.batches(config.steps)):
@@ -215,6 +270,9 @@ def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int) -
     return {
         "loss": config.loss,
         "loss_options": config.loss_options,
+        "miner": config.miner,
+        "miner_options": config.miner_options,
+        "otg": config.otg,
         "steps": step,
         "planned_steps": config.steps,
         "batch": f"{config.identities_per_batch} identities x {config.views_per_identity} views",
@@ -238,6 +296,14 @@ def _load_checkpoint(ckpt: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or not {"model", "step", "history"} <= set(state):
         raise ConfigError(f"{ckpt}: not a training checkpoint of matcher; delete it to start over")
     return state
+
+
+def _check_resumable(ckpt: Path, state: dict[str, Any]) -> None:
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"{ckpt}: a checkpoint of an older matcher (before miners and the OTG were split from the losses, "
+            "whose state it keeps in the loss); it cannot be resumed: `matcher train CONFIG --export-checkpoint "
+            "FILE` still writes its weights, or delete it to start over")
 
 
 def export_checkpoint(config: TrainConfig, out: Path) -> int:
@@ -280,24 +346,25 @@ def train(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss = get_loss(config.loss, **config.loss_options)
+    hooks = build_hooks(config, loss)
     optimizer = _optimizer(config, model, loss)
-
-    use_meta = isinstance(loss, DDTASLoss) and getattr(loss, "use_otg", False)
-    if use_meta:
-        train_idx, meta_idx = _split_meta_validation(data, config.meta_val_fraction, config.seed)
-    else:
-        train_idx, meta_idx = np.arange(len(data)), np.zeros(0, np.int64)
+    train_idx = np.arange(len(data))
+    for hook in hooks:
+        train_idx = hook.prepare(data.patches, data.labels, train_idx, config.seed, config.identities_per_batch)
 
     history: list[dict[str, float]] = []
     start = 0
     ckpt = config.checkpoint_path()
     if ckpt.is_file():
         state = _load_checkpoint(ckpt)
+        _check_resumable(ckpt, state)
         if state.get("config") != dataclasses.asdict(config):
             raise ConfigError(f"{ckpt}: checkpoint of another configuration; delete it to start over")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         loss.load_state_dict(state["loss"], strict=False)
+        for hook, hook_state in zip(hooks, state["hooks"]):
+            hook.load_state_dict(hook_state)
         history = state["history"]
         start = int(state["step"])
         log.info("resumed %s at step %d", ckpt, start)
@@ -306,9 +373,9 @@ def train(
     def checkpoint(step: int) -> None:
         tmp = ckpt.with_name(ckpt.name + ".partial")
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": dataclasses.asdict(config), "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(), "loss": loss.state_dict(), "history": history,
-                    "step": step}, tmp)
+        torch.save({"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "loss": loss.state_dict(),
+                    "hooks": [hook.state_dict() for hook in hooks], "history": history, "step": step}, tmp)
         tmp.replace(ckpt)
 
     def evaluate(step: int, last_loss: float) -> dict[str, float]:
@@ -325,16 +392,11 @@ def train(
     t0 = time.perf_counter()
     if start == 0 and heldout:
         history.append(evaluate(0, float("nan")))
-    meta_sampler = (
-        PKSampler(data.labels[meta_idx], max(2, config.identities_per_batch // 8), 2, seed=config.seed + 1)
-        if use_meta else None
-    )
-    meta_stream = meta_sampler.batches(10**9) if meta_sampler is not None else None
     model.train()
     bar = progress_bar(total=config.steps, initial=start, enabled=progress, desc="train", unit="step")  # terminal only
     last_loss = float("nan")
     step = start
-    for step, batch in enumerate(_batches(config, loss, model, data, train_idx, start), start=start):
+    for step, batch in enumerate(_batches(config, hooks, model, data, train_idx, start), start=start):
         if step >= config.steps or (stop_after is not None and step >= stop_after):
             break
         generator = torch.Generator().manual_seed(_step_seed(config.seed, step))
@@ -348,15 +410,16 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(config, step)
         loss.set_progress(step / config.steps)
-        if meta_stream is not None:
-            meta_batch = meta_idx[next(meta_stream)]
-            loss.meta_step(model, patches, labels, data.patches[meta_batch], data.labels[meta_batch])
+        for hook in hooks:
+            hook.before_step(model, patches, labels)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             descriptors = model(patches)
         value = loss(descriptors.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()
+        for hook in hooks:
+            hook.after_step()
         last_loss = float(value.detach())
         done = step + 1
         if heldout and (done % config.eval_every == 0 or done == config.steps):

@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from matcher.descriptors import SDGMNet, describe_patches, load_sdgmnet
+from matcher.evaluation.report import markdown_grid
 from matcher.storage import FeatureStore
 from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.datasets import load_patch_set
-from matcher.training.metrics import average_precision, fpr95
-from matcher.training.sampler import verification_pairs
+from matcher.training.metrics import verification_metrics
 
 TFEAT = shared_data_dir("weights", "tfeat")
 
@@ -62,24 +63,23 @@ def main() -> None:
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for dataset in args.datasets:
         ps = load_patch_set(dataset)
-        i1, i2, y = verification_pairs(ps.labels, args.pairs, seed=0, groups=ps.photo)
-        for name, how in describers.items():
+
+        def describe(how: object) -> Callable[[np.ndarray], torch.Tensor]:
             if isinstance(how, str):
-                d = describe_with_baseline(how, ps.patches)
-            else:
-                d = describe_patches(how, ps.patches)
-            s = (d[i1] * d[i2]).sum(1).numpy()
-            table.setdefault(name, {})[dataset.stem] = (fpr95(y, s), average_precision(y, s))
+                return lambda rows: describe_with_baseline(how, ps.patches[rows])
+            return lambda rows: describe_patches(how, ps.patches[rows])
+
+        scorers = {name: describe(how) for name, how in describers.items()}
         if dataset.stem in features:
-            d = pipeline_rootsift(ps, Path(features[dataset.stem]))
-            s = (d[i1] * d[i2]).sum(1).numpy()
-            table.setdefault("rootsift (pipeline, OpenCV)", {})[dataset.stem] = (fpr95(y, s), average_precision(y, s))
+            scorers["rootsift (pipeline, OpenCV)"] = lambda rows: pipeline_rootsift(ps, Path(features[dataset.stem]))[rows]
+        for name, scorer in scorers.items():
+            m = verification_metrics(scorer, ps.labels, ps.photo, args.pairs, seed=0)
+            table.setdefault(name, {})[dataset.stem] = (m["fpr95"], m["ap"])
     names = [d.stem for d in args.datasets]
-    print("| descriptor | " + " | ".join(f"FPR95 {n} | AP {n}" for n in names) + " |")
-    print("|---|" + "---:|---:|" * len(names))
-    for name, row in table.items():
-        cells = " | ".join(f"{100 * row[n][0]:.2f}% | {row[n][1]:.4f}" if n in row else "- | -" for n in names)
-        print(f"| {name} | {cells} |")
+    headers = ["descriptor"] + [f"{metric} {n}" for n in names for metric in ("FPR95", "AP")]
+    rows = [[name] + [cell for n in names for cell in (
+        (f"{100 * row[n][0]:.2f}%", f"{row[n][1]:.4f}") if n in row else ("-", "-"))] for name, row in table.items()]
+    print(markdown_grid(headers, rows))
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ implementation of the released SDGMNet/HardNet evaluation would do; see shared/d
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["average_precision", "fpr_at_recall", "fpr95", "mean_average_precision"]
+__all__ = ["average_precision", "fpr_at_recall", "fpr95", "mean_average_precision", "verification_metrics"]
 
 
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,3 +100,31 @@ def mean_average_precision(labels: Sequence[np.ndarray], scores: Sequence[np.nda
     if not aps:
         raise ValueError("no group has a positive pair")
     return float(np.mean(aps))
+
+
+def verification_metrics(
+    describe: Callable[[np.ndarray], "torch.Tensor"],
+    labels: "torch.Tensor",
+    groups: "torch.Tensor",
+    num_pairs: int = 20000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """FPR95 and AP of the patch-verification benchmark: ``num_pairs`` pairs (half matching; a non-matching pair
+    is two identities of the same group, e.g. the same image) from
+    :func:`~matcher.training.sampler.verification_pairs`, scored by cosine similarity.
+
+    Args:
+        describe: row indices (M,) -> their descriptors (M, D), unit rows; called once, with the rows the pairs use.
+        labels, groups: (N,) identity and group of every patch.
+    """
+    import torch
+
+    from matcher.training.sampler import verification_pairs
+
+    i1, i2, is_match = verification_pairs(labels, num_pairs, seed=seed, groups=groups)
+    needed = np.unique(np.concatenate([i1, i2]))
+    rows = np.full(len(labels), -1)
+    rows[needed] = np.arange(len(needed))
+    d = describe(needed)
+    scores = (d[torch.from_numpy(rows[i1])] * d[torch.from_numpy(rows[i2])]).sum(1).numpy()
+    return {"fpr95": fpr95(is_match, scores), "ap": average_precision(is_match, scores)}

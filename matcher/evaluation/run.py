@@ -100,6 +100,17 @@ def find_datasets(data_root: Path) -> tuple[list[Path], list[Path]]:
     return sequences, scenes
 
 
+def _run_timed(method: Method, folder: Path, pairs, work_dir: Path, reconstruct: bool,
+               rows: list[dict[str, Any]]) -> tuple[MethodRun | None, float]:
+    """:func:`_run_method` in ``work_dir/<method>``, timed; a crash becomes an error row in ``rows``."""
+    t0 = time.perf_counter()
+    run, error = _run_method(method, folder, pairs, Path(work_dir) / _safe(method.name), reconstruct)
+    elapsed = time.perf_counter() - t0
+    if run is None:
+        rows.append({"method": method.name, "pairs": len(pairs), "error": error, "time_s": elapsed})
+    return run, elapsed
+
+
 def _run_method(method: Method, image_dir: Path, pairs, work_dir: Path, reconstruct: bool) -> tuple[MethodRun | None, str]:
     """Run one method; a crash is logged with its traceback and reported, the other methods go on."""
     try:
@@ -170,11 +181,8 @@ def evaluate_homography(
     hardest = pairs[-1]
     rows = []
     for method in methods:
-        t0 = time.perf_counter()
-        run, error = _run_method(method, sequence_dir, pairs, Path(work_dir) / _safe(method.name), False)
-        elapsed = time.perf_counter() - t0
+        run, elapsed = _run_timed(method, sequence_dir, pairs, work_dir, False, rows)
         if run is None:
-            rows.append({"method": method.name, "pairs": len(pairs), "error": error, "time_s": elapsed})
             continue
         per_pair = []
         for (name1, name2), k in zip(pairs, homographies):
@@ -273,11 +281,8 @@ def evaluate_scene(
     picture_pair = min(pairs, key=lambda p: (abs(gt[p][2] - 15.0), p))
     rows = []
     for method in methods:
-        t0 = time.perf_counter()
-        run, error = _run_method(method, image_dir, pairs, Path(work_dir) / _safe(method.name), reconstruct)
-        elapsed = time.perf_counter() - t0
+        run, elapsed = _run_timed(method, image_dir, pairs, work_dir, reconstruct, rows)
         if run is None:
-            rows.append({"method": method.name, "pairs": len(pairs), "error": error, "time_s": elapsed})
             continue
         errors, near, matches, inliers = [], [], [], []
         for a, b in pairs:

@@ -7,15 +7,16 @@ drift on the shared machine hits all of them alike):
 
 * ours: ``matcher.pipeline.run_match`` with ``load_config(preset)`` (default ``rootsift``), images -> features.h5
   -> matches.h5 -> verified COLMAP database; torch and OpenCV at ``--threads`` threads;
-* pycolmap: ``pycolmap.extract_features`` (CPU SIFT, ``num_threads``, ``max_image_size`` 1600,
-  ``sift.max_num_features`` 4096) + ``pycolmap.match_exhaustive`` (CPU, ``FeatureMatchingOptions`` default but
+* pycolmap: :func:`matcher.evaluation.methods.colmap_sift_database` (the baseline of ``matcher eval``):
+  ``pycolmap.extract_features`` (CPU SIFT, ``num_threads``, ``max_image_size`` 1600, ``sift.max_num_features``
+  4096, COLMAP's camera grouping) + ``pycolmap.match_exhaustive`` (CPU, ``FeatureMatchingOptions`` default but
   ``num_threads``, default ``TwoViewGeometryOptions``): images -> verified database.
 
 Times are wall clock around those calls; peak memory is the process's RSS high-water mark during the call
 (``common.PeakRSS``: absolute, and above the RSS before the call). Then each database of the last round is
-mapped with identical options (``num_threads``, ``random_seed`` 0, the rest default), once per ``--mapping``
-variant: ``pycolmap.incremental_mapping`` with COLMAP's defaults (``default``) or with the initial-pair
-conditions relaxed for forward motion (``forward``), and ``pycolmap.global_mapping`` (``global``). The largest
+mapped by the pipeline's mapping (:func:`matcher.mapping.reconstruct`, ``MappingConfig`` defaults, seed 0,
+``num_threads``), once per ``--mapping`` variant: incremental mapping as configured (``default``) or with the
+initial-pair conditions relaxed for forward motion (``forward``), and global mapping (``global``). The largest
 model is summarised. Database numbers: verified pairs = two-view geometries with at least one inlier, inlier
 matches = their sum.
 
@@ -46,7 +47,7 @@ import common  # noqa: E402
 
 from matcher.colmap_log import quiet_colmap  # noqa: E402
 
-# Mapping variants, applied identically to both databases. "default": COLMAP's defaults. "forward": lund is a
+# Mapping variants (MappingConfig overrides), applied identically to both databases. "default": the pipeline's. "forward": lund is a
 # street walked forwards; COLMAP's initial-pair search rejects pairs whose motion is mostly forward
 # (init_max_forward_motion 0.95) and asks a 16 degree triangulation angle, so with the defaults neither
 # database gives a model of more than 2 images. "forward" lifts the first and halves the second.
@@ -100,26 +101,13 @@ def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile:
 
 
 def run_pycolmap(image_dir: Path, workdir: Path, threads: int, max_image_size: int, max_features: int) -> dict[str, Any]:
-    import pycolmap
+    from matcher.evaluation.methods import colmap_sift_database
 
     workdir.mkdir(parents=True)
     db = workdir / "pycolmap.db"
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.max_image_size = max_image_size
-    extraction.sift.max_num_features = max_features
-    extraction.num_threads = threads
-    matching = pycolmap.FeatureMatchingOptions()
-    matching.num_threads = threads
     with common.PeakRSS() as mem:
-        t0 = time.perf_counter()
-        pycolmap.extract_features(db, image_dir, extraction_options=extraction, device=pycolmap.Device.cpu)
-        t1 = time.perf_counter()
-        pycolmap.match_exhaustive(db, matching_options=matching, device=pycolmap.Device.cpu)
-        t2 = time.perf_counter()
-    return dict(
-        seconds=t2 - t0, stages={"extract": t1 - t0, "match+verify": t2 - t1}, db=db, peak=mem.peak,
-        delta=mem.delta,
-    )
+        stages = colmap_sift_database(db, image_dir, max_image_size, max_features, threads, per_image_cameras=False)
+    return dict(seconds=sum(stages.values()), stages=stages, db=db, peak=mem.peak, delta=mem.delta)
 
 
 def database_stats(db: Path) -> dict[str, Any]:
@@ -146,38 +134,24 @@ def database_stats(db: Path) -> dict[str, Any]:
 
 
 def run_mapping(db: Path, image_dir: Path, out: Path, threads: int, variant: str) -> dict[str, Any]:
+    """The pipeline's mapping (:func:`matcher.mapping.reconstruct`, seed 0) with the variant's options."""
     import pycolmap
 
-    if variant == "global":
-        options = pycolmap.GlobalPipelineOptions()
-        options.mapper.num_threads = threads
-        options.mapper.random_seed = 0
-    else:
-        options = pycolmap.IncrementalPipelineOptions()
-        for key, value in MAPPING_VARIANTS[variant].items():
-            setattr(options.mapper, key, value)
-    options.num_threads = threads
-    options.random_seed = 0
-    out.mkdir(parents=True, exist_ok=True)
-    with quiet_colmap():
-        t0 = time.perf_counter()
-        mapper = pycolmap.global_mapping if variant == "global" else pycolmap.incremental_mapping
-        models = mapper(db, image_dir, out, options=options)
-        seconds = time.perf_counter() - t0
-    result: dict[str, Any] = dict(seconds=seconds, models=len(models), sizes=sorted(
-        (m.num_reg_images() for m in models.values()), reverse=True))
-    if models:
-        best = max(models.values(), key=lambda m: (m.num_reg_images(), m.num_points3D()))
-        result.update(
-            registered=best.num_reg_images(),
-            points3d=best.num_points3D(),
-            track_length=best.compute_mean_track_length() if best.num_points3D() else 0.0,
-            reprojection_error=best.compute_mean_reprojection_error() if best.num_points3D() else 0.0,
-            observations_per_image=best.compute_mean_observations_per_reg_image() if best.num_points3D() else 0.0,
-        )
-    else:
-        result.update(registered=0, points3d=0, track_length=0.0, reprojection_error=0.0, observations_per_image=0.0)
-    return result
+    from matcher.config import MappingConfig
+    from matcher.mapping import model_path, reconstruct
+
+    config = MappingConfig(mapper="global" if variant == "global" else "incremental", num_threads=threads, seed=0,
+                           **MAPPING_VARIANTS[variant])
+    t0 = time.perf_counter()
+    best, summary = reconstruct(db, image_dir, out, config)
+    seconds = time.perf_counter() - t0
+    sizes = [pycolmap.Reconstruction(model_path(out, i)).num_reg_images() for i in range(summary.num_models)]
+    return dict(
+        seconds=seconds, models=summary.num_models, sizes=sizes, registered=summary.registered_images,
+        points3d=summary.points3d, track_length=summary.mean_track_length,
+        reprojection_error=summary.mean_reprojection_error,
+        observations_per_image=best.compute_mean_observations_per_reg_image() if best and best.num_points3D() else 0.0,
+    )
 
 
 def profile_report(profiler: cProfile.Profile, top: int = 18) -> str:

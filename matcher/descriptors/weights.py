@@ -9,7 +9,6 @@ and the patch magnification the model was trained with). The network's variant (
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from matcher.descriptors.sdgmnet import SDGMNet, channels_of_state_dict
 from matcher.errors import ModelWeightsError
+from matcher.shipped import resolve_shipped, shipped_names
 
 __all__ = ["FORMAT", "shipped_models", "resolve_weights", "load_sdgmnet", "save_sdgmnet"]
 
@@ -25,22 +25,12 @@ FORMAT = "matcher.sdgmnet/1"
 
 def shipped_models() -> list[str]:
     """Names of the weights shipped in ``models/`` (without ``.pt``)."""
-    root = resources.files("matcher._models")
-    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".pt"))
+    return shipped_names("matcher._models", ".pt")
 
 
 def resolve_weights(name_or_path: str) -> Path:
     """A path to a ``.pt`` file, or the name of a shipped model (``sdgmnet`` -> ``models/sdgmnet.pt``)."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".pt" or candidate.exists():
-        if not candidate.is_file():
-            raise ModelWeightsError(f"{candidate}: weights file not found")
-        return candidate
-    shipped = resources.files("matcher._models") / f"{name_or_path}.pt"
-    if not shipped.is_file():
-        names = ", ".join(shipped_models()) or "none yet"
-        raise ModelWeightsError(f"no shipped model named '{name_or_path}' (shipped: {names}); pass a .pt file")
-    return Path(str(shipped))
+    return resolve_shipped(name_or_path, "matcher._models", ".pt", ("model", "weights"), ModelWeightsError)
 
 
 def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:

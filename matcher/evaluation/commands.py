@@ -81,17 +81,12 @@ Without --sequence/--scene, every dataset under --data is used.
 def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tuple[Path, ...],
                  method_names: tuple[str, ...], weights: tuple[Path, ...], max_edge: int, max_keypoints: int,
                  no_reconstruct: bool, seed: int, out_dir: Path, viewpoint: bool, tilts: str, quiet: bool) -> None:
-    from matcher.errors import ConfigError
     from matcher.evaluation.methods import EvalSettings, build_methods
     from matcher.evaluation.run import find_datasets, run_eval
 
     _setup_logging(quiet)
     try:
-        if max_keypoints < 1:
-            raise ConfigError(f"--max-keypoints must be positive, got {max_keypoints}")
-        if max_edge < 0:
-            raise ConfigError(f"--max-edge must be 0 or positive, got {max_edge}")
-        settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed)
+        settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed)  # checked when built
         names = [n.strip() for item in method_names for n in item.split(",") if n.strip()]
         if viewpoint:
             _viewpoint_eval(data_dir, out_dir, names or ["ours-viewpoint", "ours-sdgmnet", "pycolmap-sift"],

@@ -30,12 +30,13 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from matcher.config import PipelineConfig, load_config
+from matcher.config import MIN_MAX_EDGE, PipelineConfig, Rule, at_least, check_settings, load_config
 from matcher.errors import ImageReadError
 from matcher.images import list_images, read_image, resize_for_detection
 from matcher.mapping import ReconstructionSummary, model_path
@@ -51,6 +52,7 @@ __all__ = [
     "METHOD_NAMES",
     "ON_REQUEST_METHODS",
     "build_methods",
+    "colmap_sift_database",
 ]
 
 log = logging.getLogger("matcher")
@@ -68,6 +70,14 @@ class EvalSettings:
     max_keypoints: int = 4096
     seed: int = 0
     num_threads: int = -1
+
+    rules: ClassVar[dict[str, Rule]] = {
+        "max_edge": (lambda v: v == 0 or v >= MIN_MAX_EDGE, f"0 (full size) or at least {MIN_MAX_EDGE}"),
+        "max_keypoints": at_least(1), "num_threads": (lambda v: v == -1 or v >= 1, "-1 (all cores) or at least 1"),
+    }
+
+    def __post_init__(self) -> None:
+        check_settings(self, "eval")  # the pipeline configuration's checks: one ConfigError naming the value
 
     def pipeline_config(self, descriptor: str = "rootsift", weights: str | None = None,
                         preset: str = "default") -> PipelineConfig:
@@ -297,6 +307,40 @@ class OpenCVSiftMethod(Method):
         return run
 
 
+def colmap_sift_database(
+    db_path: Path, image_dir: Path, max_edge: int, max_keypoints: int, num_threads: int = -1,
+    image_names: list[str] | None = None, per_image_cameras: bool = True,
+) -> dict[str, float]:
+    """COLMAP's own pipeline into ``db_path`` through pycolmap, on the CPU: SIFT extraction (``max_image_size`` =
+    ``max_edge`` unless 0, ``sift.max_num_features`` = ``max_keypoints``) and exhaustive matching with its default
+    verification; one SIMPLE_RADIAL camera per image unless ``per_image_cameras`` is False (COLMAP's default
+    grouping). The baseline of ``matcher eval`` and of bench/lund.py. Returns wall-clock seconds per stage
+    (``extract``, ``match+verify``)."""
+    import pycolmap
+
+    from matcher.colmap_log import quiet_colmap
+
+    extraction = pycolmap.FeatureExtractionOptions()
+    if max_edge > 0:
+        extraction.max_image_size = max_edge
+    extraction.sift.max_num_features = max_keypoints
+    extraction.num_threads = num_threads
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = "SIMPLE_RADIAL"  # as our export
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = num_threads
+    mode = pycolmap.CameraMode.PER_IMAGE if per_image_cameras else pycolmap.CameraMode.AUTO
+    with quiet_colmap():
+        t0 = time.perf_counter()
+        pycolmap.extract_features(db_path, image_dir, image_names=image_names or [], camera_mode=mode,
+                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+        t1 = time.perf_counter()
+        pycolmap.match_exhaustive(db_path, matching_options=matching,
+                                  verification_options=pycolmap.TwoViewGeometryOptions(), device=pycolmap.Device.cpu)
+        t2 = time.perf_counter()
+    return {"extract": t1 - t0, "match+verify": t2 - t1}
+
+
 class PycolmapSiftMethod(Method):
     """COLMAP's own SIFT extraction and exhaustive matching + verification (pycolmap), then the same mapping."""
 
@@ -311,35 +355,16 @@ class PycolmapSiftMethod(Method):
         self.settings = settings
 
     def run(self, image_dir, pairs, work_dir, reconstruct=False):
-        import pycolmap
-
         from matcher.colmap_db import read_pairs
-        from matcher.colmap_log import quiet_colmap
         from matcher.mapping import reconstruct as run_mapping
 
         work_dir = _fresh(Path(work_dir))
         image_dir = Path(image_dir)
         names = list_images(image_dir)
         db_path = work_dir / "database.db"
-        extraction = pycolmap.FeatureExtractionOptions()
-        if self.settings.max_edge > 0:
-            extraction.max_image_size = self.settings.max_edge
-        extraction.sift.max_num_features = self.settings.max_keypoints
-        extraction.num_threads = self.settings.num_threads
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "SIMPLE_RADIAL"  # as our export: one SIMPLE_RADIAL camera per image
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = self.settings.num_threads
-        t0 = time.perf_counter()
-        with quiet_colmap():
-            pycolmap.extract_features(
-                db_path, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.PER_IMAGE,
-                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-            )
-            pycolmap.match_exhaustive(db_path, matching_options=matching,
-                                      verification_options=pycolmap.TwoViewGeometryOptions(),
-                                      device=pycolmap.Device.cpu)
-        timings = {"features+matching": time.perf_counter() - t0}
+        stages = colmap_sift_database(db_path, image_dir, self.settings.max_edge, self.settings.max_keypoints,
+                                      self.settings.num_threads, image_names=names)
+        timings = {"features+matching": sum(stages.values())}
         keypoints, results = {}, {}
         for pair in read_pairs(db_path, _ordered(pairs)):
             keypoints[pair.name1], keypoints[pair.name2] = pair.keypoints1, pair.keypoints2

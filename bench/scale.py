@@ -89,10 +89,11 @@ class Sampler(threading.Thread):
     """Samples this process's RSS (and, with ``tree``, the sum over the processes it started) every ``interval``
     seconds; :meth:`stage` keeps the peak of each stage, with the kernel's VmHWM of this process."""
 
-    def __init__(self, tree: bool, interval: float = 0.05) -> None:
+    def __init__(self, tree: bool, interval: float = 0.05, live: Path | None = None) -> None:
         super().__init__(daemon=True)
-        self.tree, self.interval = tree, interval
+        self.tree, self.interval, self.live = tree, interval, live
         self.current = 0.0
+        self.name, self.started = "", time.perf_counter()
         self.stop = threading.Event()
         self.lock = threading.Lock()
 
@@ -103,23 +104,35 @@ class Sampler(threading.Thread):
         return kib / 1024.0
 
     def run(self) -> None:
+        last_write = 0.0
         while not self.stop.is_set():
             value = self.sample()
             with self.lock:
                 self.current = max(self.current, value)
+            if self.live is not None and time.perf_counter() - last_write > 5.0:  # the running stage, for --deadline
+                last_write = time.perf_counter()
+                self.live.write_text(json.dumps({"stage": self.name, "seconds": last_write - self.started,
+                                                 "peak_mib": max(self.current, common.peak_rss_mib())}))
             time.sleep(self.interval if not self.tree else 4 * self.interval)
 
     @contextmanager
-    def stage(self, record: dict[str, Any], name: str) -> Iterator[None]:
+    def stage(self, record: dict[str, Any], name: str, partial: Path | None = None) -> Iterator[None]:
+        """Time and peak RSS of the block into ``record``; the record so far is written to ``partial`` after it
+        (a run stopped by ``--deadline`` keeps its finished stages) and a line is printed."""
         with self.lock:
             self.current = self.sample()
         common.reset_peak()
         t0 = time.perf_counter()
+        self.name, self.started = name, t0
         yield
         record[f"{name}_s"] = time.perf_counter() - t0
         with self.lock:
             sampled = max(self.current, self.sample())
         record[f"{name}_peak_mib"] = max(sampled, common.peak_rss_mib())
+        print(f"  {record['images']} views{' Ray' if record['ray'] else ''}: {name} {record[f'{name}_s']:.1f} s, "
+              f"peak {record[f'{name}_peak_mib']:.0f} MiB, load {common.load_average()}", flush=True)
+        if partial is not None:
+            partial.write_text(json.dumps({k: v for k, v in record.items() if k != "pairs_list"}))
 
 
 # ------------------------------------------------------------------------------------------------------ child
@@ -175,18 +188,19 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
     names = sorted(p.name for p in image_dir_p.iterdir())
     features, matches, db = work_p / "features.h5", work_p / "matches.h5", work_p / "database.db"
     record: dict[str, Any] = {"images": len(names), "ray": ray, "load_before": common.load_average()}
-    sampler = Sampler(tree=ray)
+    sampler = Sampler(tree=ray, live=work_p / "live.json")
     sampler.start()
     settings = FeatureSettings(config.images, config.detection, config.patches, config.descriptor)
-    with sampler.stage(record, "extract"):
+    partial = work_p / "record.json"
+    with sampler.stage(record, "extract", partial):
         extracted = extract_features(image_dir_p, features, names, settings, ray=address)
     used = sorted(extracted.used)
-    with sampler.stage(record, "pairs"):
+    with sampler.stage(record, "pairs", partial):
         pairs = make_pairs(features, config.pairs, names=used, image_dir=image_dir_p)
-    with sampler.stage(record, "match"):
+    with sampler.stage(record, "match", partial):
         match_features(features, pairs, matches, config.matching, config.verification, threads=args["threads"],
                        ray=address)
-    with sampler.stage(record, "export"):
+    with sampler.stage(record, "export", partial):
         exported = export_database(image_dir_p, features, matches, pairs, db, config.export, names=used)
     if ray:
         import ray as ray_module
@@ -195,7 +209,8 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
     record.update(pairs=len(pairs), verified_pairs=exported.pairs_verified, pairs_list=[list(p) for p in pairs],
                   inlier_matches=exported.database.get("inlier_matches", 0), registered=0)
     if not ray or args["ray_map"]:
-        with sampler.stage(record, "map"):
+        partial.write_text(json.dumps({k: v for k, v in record.items() if k != "pairs_list"}))
+        with sampler.stage(record, "map", partial):
             summary = reconstruct(db, image_dir_p, work_p / "sparse", config.mapping)
         record["registered"] = summary.registered_images
     sampler.stop.set()
@@ -250,6 +265,38 @@ def run_exhaustive(image_dir: str, features_from: str, work: str, args: dict[str
                 partners_median=float(np.median((inliers >= args["min_inliers"]).sum(axis=1))))
 
 
+def run_until(deadline: float | None, fn: Any, *args: Any) -> Any:
+    """:func:`common.run_in_child`, but the child (and every process it started) is stopped at ``deadline``
+    (a ``time.time()``); returns None then."""
+    import multiprocessing as mp
+    import queue as queue_module
+    import signal
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=common._child_entry, args=(results, fn, args, {}))
+    proc.start()
+    while True:
+        try:
+            status, payload = results.get(timeout=5.0)
+            break
+        except queue_module.Empty:
+            if deadline is not None and time.time() > deadline:
+                for pid in [*_descendants(proc.pid), proc.pid]:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                proc.join()
+                return None
+            if not proc.is_alive():
+                raise RuntimeError(f"child process died with exit code {proc.exitcode}")
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"child process failed: {payload}")
+    return payload
+
+
 # ----------------------------------------------------------------------------------------------------- tables
 
 
@@ -260,11 +307,14 @@ def tables(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         position = (f"{r['position_median_mm']:.1f} / {r['position_max_mm']:.1f}" if "position_median_mm" in r
                     else "-")
         rows.append([r["images"], "Ray x" + str(args.ray_workers) if r["ray"] else "local",
-                     *(common.fmt_s(r[f"{s}_s"]) if f"{s}_s" in r else "-" for s in STAGES),
-                     common.fmt_s(r["total_s"]), r["pairs"], r["verified_pairs"], r["inlier_matches"],
+                     *(common.fmt_s(r[f"{s}_s"]) if f"{s}_s" in r
+                       else f"> {r['stopped_stage_s']:.0f} (stopped)" if r.get("stopped_stage") == s else "-"
+                       for s in STAGES),
+                     common.fmt_s(r["total_s"]), r.get("pairs", "-"), r.get("verified_pairs", "-"),
+                     r.get("inlier_matches", "-"),
                      common.fmt_mib(r["whole_peak_mib"]),
                      f"{r['registered']}/{r['images']}" if "map_s" in r else "-", pose, position,
-                     r["load_before"].split()[0]])
+                     r.get("load_before", "-").split()[0]])
     out = [common.markdown_table(
         ["views", "run", "extract s", "pairs s", "match+verify s", "export s", "map s", "total s", "pairs",
          "verified", "inlier matches", "peak RSS MiB", "registered", "rotation err. median / max (deg)",
@@ -306,7 +356,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "matcher-bench")
     p.add_argument("--json", type=Path, help="also write the records here")
+    p.add_argument("--deadline", help="HH:MM (UTC) or +SECONDS: stop a size still running then, report its finished stages")
     args = p.parse_args()
+    deadline = None
+    if args.deadline and args.deadline.startswith("+"):
+        deadline = time.time() + float(args.deadline[1:])
+    elif args.deadline:
+        import datetime as dt
+
+        now = dt.datetime.now(dt.timezone.utc)
+        hour, minute = (int(v) for v in args.deadline.split(":"))
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0).timestamp()
     print(common.machine_notes())
     print(f"\ncommand: {common.command_line()}\n", flush=True)
     from matcher.evaluation.synthetic_street import street_collection
@@ -325,8 +385,21 @@ def main() -> None:
             image_dir = subset(collection, n, args.cache)
             for ray in modes:
                 work = Path(tmp) / f"{n}-{'ray' if ray else 'local'}"
-                record = common.run_in_child(run_size, str(collection), str(image_dir), str(work), options, ray)
-                if not ray and n <= args.exhaustive_up_to:
+                started = time.time()
+                record = run_until(deadline, run_size, str(collection), str(image_dir), str(work), options, ray)
+                if record is None:  # stopped at the deadline: the stages it finished
+                    partial = work / "record.json"
+                    record = json.loads(partial.read_text()) if partial.is_file() else {"images": n, "ray": ray}
+                    live = json.loads((work / "live.json").read_text()) if (work / "live.json").is_file() else {}
+                    if live.get("stage") and f"{live['stage']}_s" not in record:  # the stage that was cut short
+                        record.update(stopped_stage=live["stage"], stopped_stage_s=live["seconds"],
+                                      **{f"{live['stage']}_peak_mib": live["peak_mib"]})
+                    record.update(stopped_after_s=time.time() - started, pairs_list=[])
+                    record.setdefault("whole_peak_mib", max([v for k, v in record.items() if k.endswith("_peak_mib")],
+                                                            default=float("nan")))
+                    record["total_s"] = sum(record.get(f"{s}_s", 0.0) for s in STAGES)
+                    print(f"  stopped at the deadline after {record['stopped_after_s']:.0f} s", flush=True)
+                elif not ray and n <= args.exhaustive_up_to:
                     record.update(common.run_in_child(run_exhaustive, str(image_dir), str(work / "features.h5"),
                                                       str(Path(tmp) / f"{n}-exhaustive"), options,
                                                       record["pairs_list"]))

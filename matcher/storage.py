@@ -480,7 +480,8 @@ def write_patch_dataset(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("patches", data=patches.astype(np.uint8), chunks=(min(len(patches), 4096), 32, 32))
+        f.create_dataset("patches", data=patches.astype(np.uint8),
+                         chunks=(min(len(patches), 4096), *patches.shape[1:]))
         f.create_dataset("labels", data=labels.astype(np.int64))
         f.create_dataset("photo", data=photo.astype(np.int64))
         f.create_dataset("view", data=view.astype(np.int64))

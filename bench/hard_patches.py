@@ -18,11 +18,13 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from matcher.descriptors import describe_patches, load_sdgmnet
+from matcher.evaluation.report import markdown_grid
 from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
@@ -110,31 +112,26 @@ def main() -> None:
 
     print(f"\nScenes: {', '.join(args.scenes)}; directed positive pairs per bin: "
           + ", ".join(f"{label} {result['bins'][label][names[0]]['positives']:,}" for label, _ in bins))
-    print("\n| descriptor | " + " | ".join(f"FPR95 {label}" for label, _ in bins) + " |")
-    print("|---|" + "---:|" * len(bins))
-    for n in names:
-        print(f"| {n} | " + " | ".join(f"{100 * result['bins'][label][n]['fpr95']:.1f}%" for label, _ in bins) + " |")
+    labels = [label for label, _ in bins]
+
+    def table(title: str, cell: Callable[[dict], str]) -> str:
+        return markdown_grid(["descriptor"] + [f"{title} {label}" for label in labels],
+                             [[n] + [cell(result["bins"][label][n]) for label in labels] for n in names])
+
+    print("\n" + table("FPR95", lambda m: f"{100 * m['fpr95']:.1f}%"))
     print("\nFPR95 with the spatial-neighbour negatives only (the same negatives for every descriptor):\n")
-    print("| descriptor | " + " | ".join(f"FPR95 {label}" for label, _ in bins) + " |")
-    print("|---|" + "---:|" * len(bins))
-    for n in names:
-        print(f"| {n} | " + " | ".join(f"{100 * result['bins'][label][n]['fpr95_spatial']:.1f}%" for label, _ in bins)
-              + " |")
-    print("\n| descriptor | " + " | ".join(f"mAP {label}" for label, _ in bins) + " |")
-    print("|---|" + "---:|" * len(bins))
-    for n in names:
-        print(f"| {n} | " + " | ".join(f"{result['bins'][label][n]['map']:.3f}" for label, _ in bins) + " |")
+    print(table("FPR95", lambda m: f"{100 * m['fpr95_spatial']:.1f}%"))
+    print("\n" + table("mAP", lambda m: f"{m['map']:.3f}"))
     if args.ratios:
         ratios = [float(r) for r in args.ratios.split(",")]
         print("\nNearest neighbour + ratio test over all directed pairs (recall / precision):\n")
-        print("| descriptor | " + " | ".join(f"ratio {r:g}" for r in ratios) + " |")
-        print("|---|" + "---:|" * len(ratios))
         everything = np.ones(angle_all.size, bool)
+        rows = []
         for n in names:
             curve = ratio_test_curve(pooled[n], everything, ratios)
             result.setdefault("ratio_test", {})[n] = curve
-            print(f"| {n} | " + " | ".join(f"{100 * c['recall']:.1f}% / {100 * c['precision']:.1f}%" for c in curve)
-                  + " |")
+            rows.append([n] + [f"{100 * c['recall']:.1f}% / {100 * c['precision']:.1f}%" for c in curve])
+        print(markdown_grid(["descriptor"] + [f"ratio {r:g}" for r in ratios], rows))
     print(f"\n{result['seconds']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

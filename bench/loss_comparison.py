@@ -14,6 +14,7 @@ import dataclasses
 import time
 from pathlib import Path
 
+from matcher.evaluation.report import markdown_grid
 from matcher.training.trainer import load_train_config, train
 
 #: constructor options per loss; SDGM's statistics momentum is scaled to a run of a few hundred steps (the
@@ -56,13 +57,10 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     sets = sorted(k for k in rows[0] if k.startswith("fpr95/"))
-    header = "| loss | " + " | ".join(f"FPR95 {s.split('/', 1)[1]}" for s in sets) + " | mean | untrained mean | minutes |"
-    lines = [header, "|---|" + "---:|" * (len(sets) + 3)]
-    for row in rows:
-        cells = " | ".join(f"{100 * row[s]:.2f}%" for s in sets)
-        lines.append(f"| {row['loss']} | {cells} | {100 * row['after']:.2f}% | {100 * row['before']:.2f}% "
-                     f"| {row['minutes']:.1f} |")
-    table = "\n".join(lines)
+    headers = ["loss", *(f"FPR95 {s.split('/', 1)[1]}" for s in sets), "mean", "untrained mean", "minutes"]
+    table = markdown_grid(headers, [
+        [row["loss"], *(f"{100 * row[s]:.2f}%" for s in sets), f"{100 * row['after']:.2f}%",
+         f"{100 * row['before']:.2f}%", f"{row['minutes']:.1f}"] for row in rows])
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

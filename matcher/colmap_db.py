@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pycolmap
@@ -50,6 +50,7 @@ __all__ = [
     "colmap_descriptors",
     "images_with_cameras",
     "colmap_pairs",
+    "write_pairs",
 ]
 
 COLMAP_PIXEL_OFFSET = 0.5
@@ -244,6 +245,34 @@ def colmap_pairs(pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, i
         yield ColmapPair(id1, id2, matches, int(_CONFIG_OF_MODEL[pair.model]), F, H, inliers)
 
 
+def write_pairs(
+    pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, int], counts: dict[str, int],
+    write_matches: Callable[[int, int, np.ndarray], None], write_geometry: Callable[[ColmapPair], None],
+) -> None:
+    """Write every pair's raw matches and, where it is verified, its geometry (``write_geometry(pair)``), in
+    :func:`colmap_pairs` order, counting ``matched_pairs``, ``verified_pairs`` and ``inlier_matches`` in
+    ``counts``; the one loop of both database writers (this module's and :mod:`matcher.colmap_legacy_db`'s)."""
+    for pair in colmap_pairs(pairs, ids):
+        write_matches(pair.id1, pair.id2, pair.matches)
+        counts["matched_pairs"] += 1
+        if pair.config is None:
+            continue
+        write_geometry(pair)
+        counts["verified_pairs"] += 1
+        counts["inlier_matches"] += len(pair.inlier_matches)
+
+
+def _two_view_geometry(pair: ColmapPair) -> pycolmap.TwoViewGeometry:
+    tvg = pycolmap.TwoViewGeometry()
+    tvg.config = pair.config
+    if pair.F is not None:
+        tvg.F = pair.F
+    if pair.H is not None:
+        tvg.H = pair.H
+    tvg.inlier_matches = pair.inlier_matches
+    return tvg
+
+
 def _remove_partial(tmp_path: Path) -> None:
     """Delete a temporary database and SQLite's write-ahead log and shared-memory files beside it."""
     for suffix in ("", "-wal", "-shm", "-journal"):
@@ -303,21 +332,8 @@ def write_database(
                 counts["images"] += 1
                 counts["keypoints"] += len(image.features)
 
-            for pair in colmap_pairs(pairs, ids):
-                db.write_matches(pair.id1, pair.id2, pair.matches)
-                counts["matched_pairs"] += 1
-                if pair.config is None:
-                    continue
-                tvg = pycolmap.TwoViewGeometry()
-                tvg.config = pair.config
-                if pair.F is not None:
-                    tvg.F = pair.F
-                if pair.H is not None:
-                    tvg.H = pair.H
-                tvg.inlier_matches = pair.inlier_matches
-                db.write_two_view_geometry(pair.id1, pair.id2, tvg)
-                counts["verified_pairs"] += 1
-                counts["inlier_matches"] += len(pair.inlier_matches)
+            write_pairs(pairs, ids, counts, db.write_matches,
+                        lambda pair: db.write_two_view_geometry(pair.id1, pair.id2, _two_view_geometry(pair)))
     except BaseException as exc:
         _remove_partial(tmp_path)
         if isinstance(exc, RuntimeError) and ("SQLite" in str(exc) or "database" in str(exc)):  # disk full, I/O error, read-only folder

@@ -298,7 +298,7 @@ def write_legacy_database(
 
     Written under a temporary name and renamed when complete.
     """
-    from matcher.colmap_db import colmap_descriptors, colmap_keypoints, colmap_pairs, images_with_cameras
+    from matcher.colmap_db import colmap_descriptors, colmap_keypoints, images_with_cameras, write_pairs
 
     db_path = Path(db_path)
     tmp_path = db_path.with_name(db_path.name + ".partial")
@@ -322,14 +322,8 @@ def write_legacy_database(
                 db.write_descriptors(image_id, colmap_descriptors(image.features))
                 counts["images"] += 1
                 counts["keypoints"] += len(image.features)
-            for pair in colmap_pairs(pairs, ids):
-                db.write_matches(pair.id1, pair.id2, pair.matches)
-                counts["matched_pairs"] += 1
-                if pair.config is None:
-                    continue
-                db.write_two_view_geometry(pair.id1, pair.id2, pair.config, pair.inlier_matches, F=pair.F, H=pair.H)
-                counts["verified_pairs"] += 1
-                counts["inlier_matches"] += len(pair.inlier_matches)
+            write_pairs(pairs, ids, counts, db.write_matches, lambda pair: db.write_two_view_geometry(
+                pair.id1, pair.id2, pair.config, pair.inlier_matches, F=pair.F, H=pair.H))
     except BaseException as exc:
         _discard(tmp_path)
         _raise_storage_error(exc, db_path)

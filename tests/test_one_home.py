@@ -9,7 +9,7 @@ import torch
 
 from matcher.colmap_log import quiet_colmap
 from matcher.config import DescriptorConfig, PatchConfig, load_config, preset_path
-from matcher.descriptors import SDGMNet, build_descriptor, resolve_weights, save_sdgmnet
+from matcher.descriptors import SDGMNet, build_descriptor, patch_magnification, resolve_weights, save_sdgmnet
 from matcher.errors import ConfigError, ModelWeightsError
 
 
@@ -26,6 +26,8 @@ def test_the_descriptor_samples_with_the_models_magnification_unless_configured(
     assert load_config("default").patches.magnification == 0.0  # the shipped presets defer to the model
     assert build_descriptor(config, PatchConfig()).magnification == 4.5
     assert build_descriptor(config, PatchConfig(magnification=7.0)).magnification == 7.0
+    assert patch_magnification(config, PatchConfig()) == 4.5  # training data cut from a run: the same patches
+    assert patch_magnification(DescriptorConfig(name="rootsift"), PatchConfig()) == 6.0
     described = build_descriptor(config, PatchConfig())
     assert (described.patch_size, described.dim) == (SDGMNet.patch_size, SDGMNet.descriptor_dim)
 

@@ -10,6 +10,7 @@ from matcher.descriptors.rootsift import RootSIFT
 from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, resolve_weights, save_sdgmnet, shipped_models
 from matcher.errors import ConfigError
+from matcher.patches import DEFAULT_MAGNIFICATION
 
 __all__ = [
     "DESCRIPTORS",
@@ -22,6 +23,7 @@ __all__ = [
     "descriptor_settings",
     "describe_patches",
     "load_sdgmnet",
+    "patch_magnification",
     "resolve_weights",
     "save_sdgmnet",
     "shipped_models",
@@ -39,6 +41,17 @@ def build_descriptor(config: DescriptorConfig, patches: PatchConfig | None = Non
         return SDGMNetDescriptor(config.weights, patches.magnification or None, config.batch_size,
                                  _precision(config), config.engine, config.device, patches.patch_size)
     raise ConfigError(f"unknown descriptor '{config.name}'; known: {', '.join(DESCRIPTORS)}")
+
+
+def patch_magnification(descriptor: DescriptorConfig, patches: PatchConfig) -> float:
+    """The magnification patches are sampled with under these settings: ``patches.magnification``, or where it is
+    0 the one the sdgmnet model was trained with (its weights file's meta), else :data:`DEFAULT_MAGNIFICATION`.
+    Training data cut from a match run uses it, so it holds the patches the run's descriptor saw."""
+    if patches.magnification > 0:
+        return float(patches.magnification)
+    if descriptor.name == "sdgmnet":
+        return float(load_sdgmnet(descriptor.weights)[1].get("magnification", DEFAULT_MAGNIFICATION))
+    return DEFAULT_MAGNIFICATION
 
 
 def _precision(config: DescriptorConfig) -> str:

@@ -162,6 +162,7 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
         match IMAGES --out db.db --model OUT
     """
     from matcher.config import load_config
+    from matcher.descriptors import patch_magnification
     from matcher.training.datasets import build_scene_dataset, save_patch_set
     from matcher.training.track_patches import split_identities
     from matcher.training.trainer import TrainConfig, train
@@ -173,8 +174,9 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
         patch_set = build_scene_dataset(images, work / "patches.h5", work, config, sparse_dir=sparse,
                                         progress=not quiet)
         kept, held = split_identities(patch_set, held_out, seed=0)
-        save_patch_set(kept, work / "train.h5", f"fine-tuning split of {images}", config.patches.magnification)
-        save_patch_set(held, work / "heldout.h5", f"held-out split of {images}", config.patches.magnification)
+        magnification = patch_magnification(config.descriptor, config.patches)
+        save_patch_set(kept, work / "train.h5", f"fine-tuning split of {images}", magnification)
+        save_patch_set(held, work / "heldout.h5", f"held-out split of {images}", magnification)
         train_config = TrainConfig(
             train=[str(work / "train.h5")], heldout=[str(work / "heldout.h5")], out=str(out), init=base, loss=loss,
             steps=steps, identities_per_batch=min(256, max(8, kept.num_identities // 4)), lr=lr,

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from matcher.config import PipelineConfig, load_config
+from matcher.descriptors import patch_magnification
 from matcher.patches import DEFAULT_MAGNIFICATION
 from matcher.pipeline import OutputPaths, run_match
 from matcher.storage import read_patch_dataset, write_patch_dataset
@@ -87,8 +88,9 @@ def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig
         cameras = {name: P for name, P in cameras.items() if name in set(images)}
     views = detect_views(Path(scene_dir) / "images", cameras, config.detection, config.images.max_edge)
     tracks = build_tracks(views)
-    patch_set = tracks_to_patch_set(views, tracks, config.patches.magnification)
-    save_patch_set(patch_set, out_path, source=f"camera tracks of {scene_dir}", magnification=config.patches.magnification)
+    magnification = patch_magnification(config.descriptor, config.patches)
+    patch_set = tracks_to_patch_set(views, tracks, magnification)
+    save_patch_set(patch_set, out_path, source=f"camera tracks of {scene_dir}", magnification=magnification)
     log.info("%s: %d patches of %d tracks", out_path, len(patch_set), patch_set.num_identities)
     return patch_set
 
@@ -128,7 +130,8 @@ def build_scene_dataset(
         image_dir, sparse_dir, OutputPaths(work_dir / "db.db").features, config,
         max_reprojection_error=max_reprojection_error,
     )
-    save_patch_set(patch_set, out_path, source=f"tracks of {image_dir}", magnification=config.patches.magnification)
+    save_patch_set(patch_set, out_path, source=f"tracks of {image_dir}",
+                   magnification=patch_magnification(config.descriptor, config.patches))
     log.info("%s: %d patches of %d 3D points", out_path, len(patch_set), patch_set.num_identities)
     return patch_set
 

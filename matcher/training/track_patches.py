@@ -19,6 +19,7 @@ import pycolmap
 import torch
 
 from matcher.config import PipelineConfig
+from matcher.descriptors import patch_magnification
 from matcher.detect import Keypoints
 from matcher.images import read_image, resize_for_detection
 from matcher.mapping import resolve_model_dir
@@ -72,6 +73,7 @@ def patches_from_reconstruction(
 
     names: list[str] = []
     patches, labels, photo, view = [], [], [], []
+    magnification = patch_magnification(config.descriptor, config.patches)
     with FeatureStore(Path(features_path), "r") as features:
         for image_id in sorted(per_image):
             name = rec.images[image_id].name
@@ -83,7 +85,7 @@ def patches_from_reconstruction(
             keypoints = Keypoints(
                 f.keypoints[idx], f.scales[idx], f.orientations[idx], f.scores[idx]
             ).rescaled(1.0 / sx, 1.0 / sy)
-            lafs = lafs_from_keypoints(keypoints, config.patches.magnification)
+            lafs = lafs_from_keypoints(keypoints, magnification)
             patches.append(extract_patches(small, lafs, config.patches.patch_size))
             labels.append(entries[:, 0])
             photo.append(np.full(len(entries), len(names)))

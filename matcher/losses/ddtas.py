@@ -1,4 +1,5 @@
-"""DDTAS: asymmetric sample mining (ASMS / AT-ASMS), the soft contrastive loss and the online threshold generator."""
+"""DDTAS: asymmetric sample mining (ASMS / AT-ASMS) and the soft contrastive loss (its online threshold generator is
+the trainer hook :mod:`matcher.training.otg`)."""
 
 from __future__ import annotations
 

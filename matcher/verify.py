@@ -50,14 +50,17 @@ class Verification:
 
 
 def _fit(kind: str, xy1: np.ndarray, xy2: np.ndarray, threshold: float, config: VerificationConfig):
-    if kind == "fundamental":
-        model, mask = cv2.findFundamentalMat(
-            xy1, xy2, cv2.USAC_MAGSAC, threshold, config.confidence, config.max_iterations
-        )
-    else:
-        model, mask = cv2.findHomography(
-            xy1, xy2, cv2.USAC_MAGSAC, threshold, maxIters=config.max_iterations, confidence=config.confidence
-        )
+    try:
+        if kind == "fundamental":
+            model, mask = cv2.findFundamentalMat(
+                xy1, xy2, cv2.USAC_MAGSAC, threshold, config.confidence, config.max_iterations
+            )
+        else:
+            model, mask = cv2.findHomography(
+                xy1, xy2, cv2.USAC_MAGSAC, threshold, maxIters=config.max_iterations, confidence=config.confidence
+            )
+    except cv2.error:  # OpenCV 5's USAC asserts (!model.empty()) on some degenerate match sets: no model
+        return None, np.zeros(len(xy1), bool)
     if model is None or mask is None or model.shape != (3, 3):
         return None, np.zeros(len(xy1), bool)
     return model.astype(np.float64), mask.ravel().astype(bool)

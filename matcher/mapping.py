@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pycolmap
 
@@ -105,12 +105,17 @@ def _clear_models(out_dir: Path) -> None:
             shutil.rmtree(child)
 
 
-def _incremental_options(config: MappingConfig, threads: int) -> pycolmap.IncrementalPipelineOptions:
-    options = pycolmap.IncrementalPipelineOptions()
+def _shared_options(options: Any, config: MappingConfig, threads: int) -> None:
+    """The settings both pipelines' options have (``IncrementalPipelineOptions``, ``GlobalPipelineOptions``)."""
     options.num_threads = threads
     options.random_seed = config.seed
     options.min_model_size = config.min_model_size
     options.min_num_matches = config.min_num_matches
+
+
+def _incremental_options(config: MappingConfig, threads: int) -> pycolmap.IncrementalPipelineOptions:
+    options = pycolmap.IncrementalPipelineOptions()
+    _shared_options(options, config, threads)
     options.mapper.init_min_tri_angle = config.init_min_tri_angle
     options.mapper.init_max_forward_motion = config.init_max_forward_motion
     if not config.refine_intrinsics:  # COLMAP's --Mapper.ba_refine_* 0: keep known intrinsics fixed
@@ -124,10 +129,7 @@ def _incremental_options(config: MappingConfig, threads: int) -> pycolmap.Increm
 
 def _global_options(config: MappingConfig, threads: int) -> pycolmap.GlobalPipelineOptions:
     options = pycolmap.GlobalPipelineOptions()
-    options.num_threads = threads
-    options.random_seed = config.seed
-    options.min_num_matches = config.min_num_matches
-    options.min_model_size = config.min_model_size
+    _shared_options(options, config, threads)
     if not config.refine_intrinsics:
         ba = options.mapper.bundle_adjustment
         ba.refine_focal_length = ba.refine_principal_point = ba.refine_extra_params = False

@@ -51,6 +51,8 @@ __all__ = [
     "images_with_cameras",
     "colmap_pairs",
     "write_pairs",
+    "partial_path",
+    "new_counts",
 ]
 
 COLMAP_PIXEL_OFFSET = 0.5
@@ -245,6 +247,16 @@ def colmap_pairs(pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, i
         yield ColmapPair(id1, id2, matches, int(_CONFIG_OF_MODEL[pair.model]), F, H, inliers)
 
 
+def partial_path(db_path: Path) -> Path:
+    """Where a database is written before it is complete (renamed to ``db_path`` at the end)."""
+    return db_path.with_name(db_path.name + ".partial")
+
+
+def new_counts() -> dict[str, int]:
+    """The counts a database writer returns, at zero."""
+    return dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
+
+
 def write_pairs(
     pairs: Iterable[tuple[str, str, PairMatches]], ids: dict[str, int], counts: dict[str, int],
     write_matches: Callable[[int, int, np.ndarray], None], write_geometry: Callable[[ColmapPair], None],
@@ -302,10 +314,10 @@ def write_database(
         counts: images, cameras, keypoints, matched_pairs, verified_pairs, inlier_matches.
     """
     db_path = Path(db_path)
-    tmp_path = db_path.with_name(db_path.name + ".partial")
+    tmp_path = partial_path(db_path)
     _remove_partial(tmp_path)
     ids: dict[str, int] = {}
-    counts = dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
+    counts = new_counts()
     try:
         with pycolmap.Database.open(tmp_path) as db:
             camera_id = rig_id = 0
@@ -564,7 +576,7 @@ def upgrade_database(in_path: Path, out_path: Path) -> None:
 
     _check_sqlite_file(Path(in_path))
     out_path = Path(out_path)
-    tmp_path = out_path.with_name(out_path.name + ".partial")
+    tmp_path = partial_path(out_path)
     shutil.copyfile(in_path, tmp_path)
     try:
         with pycolmap.Database.open(tmp_path) as db:

@@ -298,13 +298,20 @@ def write_legacy_database(
 
     Written under a temporary name and renamed when complete.
     """
-    from matcher.colmap_db import colmap_descriptors, colmap_keypoints, images_with_cameras, write_pairs
+    from matcher.colmap_db import (
+        colmap_descriptors,
+        colmap_keypoints,
+        images_with_cameras,
+        new_counts,
+        partial_path,
+        write_pairs,
+    )
 
     db_path = Path(db_path)
-    tmp_path = db_path.with_name(db_path.name + ".partial")
+    tmp_path = partial_path(db_path)
     _discard(tmp_path)
     ids: dict[str, int] = {}
-    counts = dict(images=0, cameras=0, keypoints=0, matched_pairs=0, verified_pairs=0, inlier_matches=0)
+    counts = new_counts()
     try:
         with LegacyDatabase(tmp_path) as db:
             camera_id = 0
@@ -356,7 +363,7 @@ def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwri
     and pose priors are not (COLMAP 3.8 has none). ``in_path`` is not modified. Returns the schema written
     (:func:`schema_name`).
     """
-    from matcher.colmap_db import read_database_records, upgrade_database
+    from matcher.colmap_db import partial_path, read_database_records, upgrade_database
     from matcher.errors import DatabaseExistsError
 
     in_path, out_path = Path(in_path), Path(out_path)
@@ -369,7 +376,7 @@ def convert_database(in_path: Path, out_path: Path, colmap_version: str, overwri
     if not is_legacy_version(colmap_version):
         upgrade_database(in_path, out_path)
         return schema
-    tmp_path = out_path.with_name(out_path.name + ".partial")
+    tmp_path = partial_path(out_path)
     _discard(tmp_path)
     try:
         with LegacyDatabase(tmp_path) as db:

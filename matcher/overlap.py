@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["ordered_map", "once"]
+__all__ = ["ordered_map", "once", "extraction_workers"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -60,3 +60,11 @@ def once(build: Callable[[], R]) -> Callable[[], R]:
         return box[0]
 
     return get
+
+
+def extraction_workers() -> int:
+    """Images in flight at extraction: 2 when this run may use at least 2 threads (``--threads``, which sets
+    torch's thread count), else 1 (nothing overlapped)."""
+    import torch
+
+    return 2 if torch.get_num_threads() >= 2 else 1

@@ -59,3 +59,34 @@ def test_once_builds_a_single_time_across_threads() -> None:
     for t in threads:
         t.join()
     assert len(calls) == 1 and all(s is seen[0] for s in seen)
+
+
+def test_overlapped_extraction_writes_what_one_image_at_a_time_computes(small_scene, tmp_path) -> None:
+    """extract_features (two images in flight when torch may use 2 threads) = extract_image in a loop."""
+    import numpy as np
+    import torch
+
+    from matcher.config import load_config
+    from matcher.descriptors import build_descriptor
+    from matcher.overlap import extraction_workers
+    from matcher.stages.extract import FeatureSettings, extract_features, extract_image
+    from matcher.storage import FeatureStore
+
+    config = load_config("default", [{"images": {"max_edge": 480}, "detection": {"max_keypoints": 200},
+                                      "descriptor": {"engine": "torch", "precision": "fp32"}}])
+    settings = FeatureSettings.from_config(config)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert extraction_workers() == 2
+        counts = extract_features(small_scene, tmp_path / "f.h5", settings=settings)
+        descriptor = build_descriptor(settings.descriptor, settings.patches)
+        expected = {n: extract_image(small_scene, n, settings, lambda: descriptor) for n in counts.used}
+    finally:
+        torch.set_num_threads(threads)
+    assert len(counts.used) == 4
+    with FeatureStore(tmp_path / "f.h5", "r") as store:
+        for name, features in expected.items():
+            stored = store.read(name)
+            np.testing.assert_array_equal(stored.keypoints, features.keypoints)
+            np.testing.assert_allclose(stored.descriptors, features.descriptors, atol=1e-6)

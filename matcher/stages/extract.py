@@ -20,6 +20,7 @@ from matcher.detect import detect_keypoints
 from matcher.errors import ImageReadError
 from matcher.images import list_images, read_image, resize_for_detection
 from matcher.masks import masks_digest, read_mask, resize_mask, unmasked
+from matcher.overlap import extraction_workers, once, ordered_map
 from matcher.progress import progress_bar
 from matcher.stages.cache import fingerprint, open_cache, same_content_groups
 from matcher.storage import FeatureStore, ImageFeatures
@@ -102,15 +103,10 @@ def extract_batch(
 def _local_results(
     image_dir: Path, todo: list[str], settings: FeatureSettings
 ) -> Iterator[tuple[str, ImageFeatures | str]]:
-    built: list[Descriptor] = []
-
-    def descriptor() -> Descriptor:
-        if not built:
-            built.append(build_descriptor(settings.descriptor, settings.patches))
-        return built[0]
-
-    for name in todo:
-        yield name, extract_batch(image_dir, [name], settings, descriptor)[0]
+    # two images in flight (matcher.overlap): decode/detection of one beside the network of the other
+    descriptor = once(lambda: build_descriptor(settings.descriptor, settings.patches))
+    work = lambda name: (name, extract_batch(image_dir, [name], settings, descriptor)[0])  # noqa: E731
+    yield from ordered_map(work, todo, workers=extraction_workers())
 
 
 def extract_features(

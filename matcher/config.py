@@ -324,7 +324,8 @@ class ViewpointConfig:
     ``retry_below`` verified pairs; at most ``max_retries_per_image`` pairs each, most raw matches first) with
     keypoints of simulated views, one step per tilt of ``tilts`` (comma-separated, in order), longitudes every
     ``rotation_step / t`` degrees, ``view_keypoints`` per view; the first step that verifies with at least
-    ``retry_inliers`` inliers is kept (pairs verified with fewer count as failed).
+    ``retry_inliers`` inliers that are at least ``min_inlier_ratio`` of its matches is kept (pairs the normal pass
+    verified with fewer than ``retry_inliers`` count as failed).
     ``spatial_px``: the ratio test's second neighbour is the nearest one farther than this (detection-image
     pixels) from the first.
     """
@@ -336,12 +337,13 @@ class ViewpointConfig:
     retry_below: int = 2
     max_retries_per_image: int = 4
     retry_inliers: int = 30
+    min_inlier_ratio: float = 0.25
     spatial_px: float = 10.0
 
     rules: ClassVar[dict[str, Rule]] = {
         "on_demand": _one_of(True, False), "tilts": _tilts(), "rotation_step": _within(1.0, 180.0),
         "view_keypoints": _at_least(1), "retry_below": _at_least(1), "max_retries_per_image": _at_least(1),
-        "retry_inliers": _at_least(8), "spatial_px": _at_least(0.0),
+        "retry_inliers": _at_least(8), "min_inlier_ratio": _within(0.0, 1.0), "spatial_px": _at_least(0.0),
     }
 
 

@@ -51,6 +51,7 @@ def load_patch_set(path: Path) -> PatchSet:
         photo=torch.from_numpy(data["photo"]),
         view=torch.from_numpy(data["view"]),
         names=tuple(data["names"]),
+        magnification=data["magnification"],
     )
 
 
@@ -66,7 +67,10 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
         names.extend(s.names)
         label_offset += int(s.labels.max()) + 1 if len(s) else 0
         photo_offset += len(s.names)
-    return PatchSet(torch.cat(patches), torch.cat(labels), torch.cat(photo), torch.cat(view), tuple(names))
+    magnifications = {s.magnification for s in sets}
+    magnification = magnifications.pop() if len(magnifications) == 1 else 0.0  # mixed: not one known value
+    return PatchSet(torch.cat(patches), torch.cat(labels), torch.cat(photo), torch.cat(view), tuple(names),
+                    magnification)
 
 
 def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig | None = None,

@@ -65,6 +65,7 @@ class PatchSet:
         photo: (N,) int64 index into ``names`` of the photo the identity comes from.
         view: (N,) int64, 0 for the source view, w >= 1 for the w-th warp.
         names: the photos, in the order given.
+        magnification: the patch half-width in keypoint sigmas they were cut with, where known (0: not known).
     """
 
     patches: torch.Tensor
@@ -72,6 +73,7 @@ class PatchSet:
     photo: torch.Tensor
     view: torch.Tensor
     names: tuple[str, ...]
+    magnification: float = 0.0
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

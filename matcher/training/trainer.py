@@ -90,6 +90,8 @@ class TrainConfig:
         eval_every / checkpoint_every: steps between held-out evaluations / checkpoints; ``eval_pairs`` pairs
         per held-out set.
         meta_val_fraction: identities of the training data kept aside as the OTG's meta-validation batches.
+        magnification: written to the weights' metadata, where the pipeline reads the magnification to sample
+        patches with; 0: the one the training datasets were cut with (:data:`DEFAULT_MAGNIFICATION` if they differ).
         seed: every random draw.
     """
 
@@ -117,14 +119,14 @@ class TrainConfig:
     eval_pairs: int = 20000
     checkpoint_every: int = 250
     meta_val_fraction: float = 0.1
-    magnification: float = DEFAULT_MAGNIFICATION
+    magnification: float = 0.0
     seed: int = 0
 
     rules: ClassVar[dict[str, Rule]] = {
         "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
         "lr": above(0.0), "weight_decay": at_least(0.0), "eval_every": at_least(1), "eval_pairs": at_least(2),
         "checkpoint_every": at_least(1), "meta_val_fraction": within(0.0, 1.0, open_ends=True),
-        "magnification": above(0.0),
+        "magnification": (lambda v: v >= 0.0, "0 (the training data's) or a positive number of sigmas"),
     }
 
     def checkpoint_path(self) -> Path:
@@ -242,8 +244,8 @@ def build_hooks(config: TrainConfig, loss: torch.nn.Module) -> list[TrainingHook
     if config.miner == "smart":
         hooks.append(SmartMiner(**{"margin": getattr(loss, "margin", 0.5), **config.miner_options}))
     if config.otg:
-        hooks.append(OnlineThresholdGenerator(loss, **{"val_fraction": config.meta_val_fraction,  # type: ignore[arg-type]
-                                                       **config.otg_options}))
+        options = {"val_fraction": config.meta_val_fraction, **config.otg_options}
+        hooks.append(OnlineThresholdGenerator(loss, **options))  # type: ignore[arg-type]
     return hooks
 
 
@@ -266,7 +268,8 @@ def _batches(config: TrainConfig, hooks: list[TrainingHook], model: SDGMNet, dat
             yield train_idx[batch]
 
 
-def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int) -> dict[str, Any]:
+def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int,
+              data_magnification: float = 0.0) -> dict[str, Any]:
     return {
         "loss": config.loss,
         "loss_options": config.loss_options,
@@ -278,7 +281,7 @@ def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int) -
         "batch": f"{config.identities_per_batch} identities x {config.views_per_identity} views",
         "train": [Path(p).name for p in config.train],
         "heldout": [Path(p).name for p in config.heldout],
-        "magnification": config.magnification,
+        "magnification": config.magnification or data_magnification or DEFAULT_MAGNIFICATION,
         "seed": config.seed,
         "history": history,
         "init": config.init,
@@ -314,7 +317,8 @@ def export_checkpoint(config: TrainConfig, out: Path) -> int:
     state = _load_checkpoint(ckpt)
     model = SDGMNet()
     model.load_state_dict(state["model"])
-    save_sdgmnet(model, Path(out), _metadata(config, state["history"], int(state["step"])))
+    meta = _metadata(config, state["history"], int(state["step"]), state.get("magnification", 0.0))
+    save_sdgmnet(model, Path(out), meta)
     return int(state["step"])
 
 
@@ -375,7 +379,8 @@ def train(
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "loss": loss.state_dict(),
-                    "hooks": [hook.state_dict() for hook in hooks], "history": history, "step": step}, tmp)
+                    "hooks": [hook.state_dict() for hook in hooks], "history": history, "step": step,
+                    "magnification": data.magnification}, tmp)
         tmp.replace(ckpt)
 
     def evaluate(step: int, last_loss: float) -> dict[str, float]:
@@ -438,5 +443,6 @@ def train(
     if stop_after is not None and step < config.steps:
         checkpoint(step)
         return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)
-    save_sdgmnet(model.to(memory_format=torch.contiguous_format), Path(config.out), _metadata(config, history, step))
+    save_sdgmnet(model.to(memory_format=torch.contiguous_format), Path(config.out),
+                 _metadata(config, history, step, data.magnification))
     return TrainResult(Path(config.out), step, history, time.perf_counter() - t0, resumed_from)

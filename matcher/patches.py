@@ -36,7 +36,7 @@ def image_to_tensor(gray: np.ndarray) -> torch.Tensor:
     """(H, W) uint8 image -> (1, 1, H, W) float32 tensor in [0, 1]."""
     if gray.ndim != 2:
         raise ValueError(f"expected a (H, W) grey image, got shape {gray.shape}")
-    return torch.from_numpy(np.ascontiguousarray(gray)).float().div_(255.0)[None, None]
+    return torch.from_numpy(np.require(gray, requirements=("C", "W"))).float().div_(255.0)[None, None]
 
 
 def lafs_from_keypoints(keypoints: Keypoints, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:

@@ -256,7 +256,12 @@ def retry_candidates(
         verified.setdefault(a, 0)
         verified.setdefault(b, 0)
         pair_content = (content.get(a, ""), content.get(b, "")) if content is not None else None
-        if views.solved_step(a, b, pair_content):
+        solved = views.solved_step(a, b, pair_content)
+        if solved and not all(views.usable_step(n, k, None if content is None else content.get(n))
+                              for n in (a, b) for k in range(1, solved + 1)):
+            views.forget_solved(a, b)  # a damaged step group was dropped: its matches index keypoints now gone
+            solved = 0
+        if solved:
             verified[a] += 1
             verified[b] += 1
             continue

@@ -433,6 +433,12 @@ class ViewStore(_Store):
             return 0
         return int(attrs.get("step", 0))
 
+    def forget_solved(self, name1: str, name2: str) -> None:
+        """Drop the pair solved on demand (its step keypoints of an image are gone, so its indices are stale)."""
+        key = f"solved|{pair_key(name1, name2)}"
+        if key in self.file:
+            self._drop_damaged(key, f"on-demand matches of {name1} {name2}", "an image's step keypoints were lost")
+
     def read_solved(self, name1: str, name2: str) -> PairMatches:
         """The pair's matches found on demand. Raises StorageError."""
         what = f"on-demand matches of {name1} {name2}"

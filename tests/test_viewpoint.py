@@ -221,3 +221,23 @@ def test_on_demand_respects_its_budget(tilted_pair, tmp_path, caplog):
                 n = len(views.read_step(name, step)[0])
                 assert 0 < n <= 400 * len(view_longitudes(tilt))
     assert any("on demand a.png z.png: not verified after 2 step(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_lost_step_keypoints_resolve_the_pair_again(viewpoint_run, tilted_pair):
+    """A step group of an image lost from views.h5 (as when a damaged group is dropped): the pair solved with it
+    no longer indexes keypoints that are gone; it is retried, the step recomputed, and the database is the same."""
+    import h5py
+
+    from matcher.pipeline import run_match
+    from matcher.storage import escape_name
+
+    out, _, first = viewpoint_run
+    folder, _, _ = tilted_pair
+    with h5py.File(out / "viewpoint.views.h5", "r+") as views:
+        step_groups = sorted(k for k in views if k.startswith(escape_name("a.png") + "@"))
+        assert step_groups
+        del views[step_groups[0]]
+    again = run_match(folder, out / "viewpoint.db", _config("viewpoint"), overwrite=True, progress=False)
+    assert [r.step for r in again.on_demand] == [first.on_demand[0].step]  # retried, solved at the same step
+    assert again.pairs_verified == 1
+    assert again.database == first.database

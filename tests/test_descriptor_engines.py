@@ -7,6 +7,7 @@ matches torch fp32 to cosine 1.00000; bfloat16 (torch or OpenVINO) gives cosine 
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -43,9 +44,10 @@ def patches() -> torch.Tensor:
     return extract_patches(gray, lafs_from_keypoints(k))
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_sdgmnet("sdgmnet")[0]
+@pytest.fixture(scope="module", params=["sdgmnet", "sdgmnet-half"])
+def model(request):
+    """Each shipped network: the full SDGMNet and the compact one distilled from it (models/sdgmnet-half.md)."""
+    return load_sdgmnet(request.param)[0]
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +85,14 @@ def test_openvino_agrees_with_torch(model, patches, reference, cache, precision,
 
 def test_torch_bf16_agrees_with_fp32(model, patches, reference) -> None:
     cos = _cosine(TorchEngine(model, "bf16")(patches), reference)
-    assert cos.min() >= 0.995 and cos.mean() >= 0.9998
+    assert cos.min() >= 0.995 and cos.mean() >= 0.9996  # measured: mean 0.99988 full, 0.99978 half
 
 
 def test_cache_is_reused_invalidated_and_rebuilt(model, patches, reference, cache) -> None:
     first = OpenVINOEngine(model, "fp32", batch_size=128, cache_root=cache)
     again = OpenVINOEngine(model, "fp32", batch_size=128, cache_root=cache)
     assert again.cache_hit and again.cache_path == first.cache_path
-    other = load_sdgmnet("sdgmnet")[0]
+    other = copy.deepcopy(model)
     with torch.no_grad():
         other.head[1].weight.mul_(-1.0)  # other weights: another cache entry
     flipped = OpenVINOEngine(other, "fp32", batch_size=128, cache_root=cache)

@@ -87,3 +87,20 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     assert resumed(50) == pytest.approx(0.7, abs=0.01)  # a resumed run continues its decay where it stopped
     past = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline="00:00"), start=0, resumed_progress=0.0)
     assert past(0) == 1.0  # past the deadline: no step is run
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ('channels = "quarter"', "channels = 'quarter': must be one of full, half"),
+    ("steps = 0", "steps = 0: must be"),
+    ("no_such_setting = 1", "unknown keys no_such_setting"),
+])
+def test_a_bad_distillation_config_is_one_line_naming_the_file(tmp_path: Path, setting: str, expected: str) -> None:
+    """The distillation config is checked by the pipeline's mechanism (config.check_settings) at load."""
+    from matcher.errors import ConfigError
+    from matcher.training.distill import load_distill_config
+
+    path = tmp_path / "run.toml"
+    path.write_text(f'data = ["patches.h5"]\nout = "student.pt"\n{setting}\n')
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_distill_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

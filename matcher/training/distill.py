@@ -25,6 +25,7 @@ decayed learning rate. Training stays in torch (optionally bfloat16 autocast; ch
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -33,14 +34,16 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from matcher.config import Rule, above, at_least, check_settings
 from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
+from matcher.errors import ConfigError
 from matcher.losses import get_loss
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
@@ -59,7 +62,7 @@ class DistillConfig:
     data: list[str]
     out: str
     teacher: str = "sdgmnet"
-    channels: str = "half"
+    channels: Literal["full", "half"] = "half"
     steps: int = 2000
     identities_per_batch: int = 256
     views_per_identity: int = 2
@@ -83,6 +86,14 @@ class DistillConfig:
     log_file: str | None = None
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
 
+    rules: ClassVar[dict[str, Rule]] = {
+        "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
+        "lr": above(0.0), "warmup": at_least(0), "weight_decay": at_least(0.0), "w_descriptor": at_least(0.0),
+        "w_relation": at_least(0.0), "w_label": at_least(0.0), "validation_identities": at_least(2),
+        "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
+        "threads": at_least(1),
+    }
+
     @property
     def checkpoint_path(self) -> Path:
         """Where the resumable state lives: ``out`` + ``.ckpt``."""
@@ -92,8 +103,16 @@ class DistillConfig:
 def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> DistillConfig:
     """Read a TOML distillation config; relative paths are taken relative to the file's folder."""
     path = Path(path)
-    raw = tomllib.loads(path.read_text())
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read distillation config ({exc})") from None
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in dataclasses.fields(DistillConfig)} - {"history"}
+    unknown = set(raw) - known
+    if unknown or "data" not in raw or "out" not in raw:
+        what = f"unknown keys {', '.join(sorted(unknown))}" if unknown else "needs both data and out"
+        raise ConfigError(f"{path}: {what}; known: {', '.join(sorted(known))}")
     base = path.parent
 
     def relative(p: str) -> str:
@@ -105,7 +124,12 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
         raw["teacher"] = relative(raw["teacher"])
     if raw.get("log_file"):
         raw["log_file"] = relative(raw["log_file"])
-    return DistillConfig(**raw)
+    config = DistillConfig(**raw)
+    try:
+        check_settings(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
@@ -401,8 +425,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = load_distill_config(args.config, {"steps": args.steps, "deadline": args.deadline,
-                                               "threads": args.threads})
+    try:
+        config = load_distill_config(args.config, {"steps": args.steps, "deadline": args.deadline,
+                                                   "threads": args.threads})
+    except ConfigError as exc:
+        parser.exit(exc.exit_code, f"error: {exc}\n")
     best = distill(config, resume=not args.fresh)
     print(json.dumps(best))
 

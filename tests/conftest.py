@@ -55,12 +55,28 @@ def entry_p10() -> Path:
     return require_shared("scenes", "entry-P10", "images")
 
 
+#: four consecutive entry-P10 photos: a fast scene that reconstructs
+SMALL_SCENE_NAMES = ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg")
+
+
 @pytest.fixture(scope="session")
 def small_scene(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
     """Four consecutive real entry-P10 photos in a temporary folder (a fast, reconstructable scene)."""
     folder = tmp_path_factory.mktemp("small_scene")
-    for name in ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg"):
+    for name in SMALL_SCENE_NAMES:
         shutil.copy(entry_p10 / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
+    """The :data:`SMALL_SCENE_NAMES` photos at 400x267, in a folder of this test module's own."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("tiny")
+    for name in SMALL_SCENE_NAMES:
+        with Image.open(entry_p10 / name) as img:
+            img.resize((400, 267), Image.LANCZOS).save(folder / name, quality=92)
     return folder
 
 

@@ -10,25 +10,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from matcher.cli import match_command
 from matcher.config import load_config
 from matcher.distributed import FAULT_ENV
 from matcher.pipeline import run_match
+from conftest import SMALL_SCENE_NAMES
 from test_resume import _dump
 
-NAMES = ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg")
+NAMES = SMALL_SCENE_NAMES
 STAGES = ("extract", "match")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    for name in NAMES:
-        with Image.open(entry_p10 / name) as img:
-            img.resize((400, 267), Image.LANCZOS).save(folder / name, quality=92)
-    return folder
 
 
 @pytest.fixture(scope="module")

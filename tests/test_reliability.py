@@ -27,20 +27,11 @@ from PIL import Image
 
 from matcher.cli import match_command
 from matcher.descriptors import SDGMNet, resolve_weights
+from conftest import SMALL_SCENE_NAMES
 from test_resume import _dump
 
 FAST = ["--pipeline", "rootsift", "--max-keypoints", "512"]
-NAMES = ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
-    """Four real photos, 400x267."""
-    folder = tmp_path_factory.mktemp("tiny")
-    for name in NAMES:
-        with Image.open(entry_p10 / name) as img:
-            img.resize((400, 267), Image.LANCZOS).save(folder / name, quality=92)
-    return folder
+NAMES = SMALL_SCENE_NAMES
 
 
 @pytest.fixture(scope="module")

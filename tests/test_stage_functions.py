@@ -8,7 +8,6 @@ from pathlib import Path
 
 import h5py
 import pytest
-from PIL import Image
 
 from matcher.config import load_config
 from matcher.errors import DatabaseExistsError, IncompatibleDatabaseError
@@ -16,18 +15,10 @@ from matcher.pipeline import MATCH_SECTIONS, _fingerprint, feature_settings, run
 from matcher.stages import export_database, extract_features, make_pairs, match_features
 from matcher.stages.cache import match_fingerprint
 from matcher.storage import escape_name, pair_key
+from conftest import SMALL_SCENE_NAMES
 from test_resume import _dump
 
-NAMES = ("0002.jpg", "0003.jpg", "0004.jpg", "0005.jpg")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, entry_p10: Path) -> Path:
-    folder = tmp_path_factory.mktemp("tiny")
-    for name in NAMES:
-        with Image.open(entry_p10 / name) as img:
-            img.resize((400, 267), Image.LANCZOS).save(folder / name, quality=92)
-    return folder
+NAMES = SMALL_SCENE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -55,15 +55,27 @@ def dataset_scene(images: Path, out: Path, work: Path | None, sparse: Path | Non
 @click.argument("scene", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Patch dataset to write.")
 @click.option("--pipeline", default="default", show_default=True, help="Preset whose detector and patches are used.")
-def dataset_cameras(scene: Path, out: Path, pipeline: str) -> None:
-    """Patches of descriptor-free tracks of SCENE (images/ plus ground-truth cameras): wide-baseline positives."""
+@click.option("--reconstruction", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Use this COLMAP model's cameras (e.g. from `match --reconstruct`) instead of ground truth; "
+                   "SCENE is then the image folder.")
+@click.option("--min-shared", type=int, default=30, show_default=True,
+              help="With --reconstruction: pair views that share at least this many 3D points.")
+@click.option("--max-edge", type=int, default=None, help="Detect on a copy resized to this longer edge.")
+def dataset_cameras(scene: Path, out: Path, pipeline: str, reconstruction: Path | None, min_shared: int,
+                    max_edge: int | None) -> None:
+    """Patches of descriptor-free tracks of SCENE (images/ plus ground-truth cameras, or an image folder with
+    --reconstruction): wide-baseline positives linked by geometry alone."""
     from matcher.config import load_config
     from matcher.training.datasets import build_camera_dataset
 
     try:
-        patch_set = build_camera_dataset(scene, out, load_config(pipeline))
+        config = load_config(pipeline, [{"images": {"max_edge": max_edge}}] if max_edge is not None else [])
+        patch_set = build_camera_dataset(scene, out, config, reconstruction=reconstruction, min_shared=min_shared)
     except MatcherError as exc:
         _fail(exc)
+    except FileNotFoundError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     click.echo(f"{out}: {len(patch_set)} patches of {patch_set.num_identities} tracks")
 
 

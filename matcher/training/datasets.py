@@ -74,27 +74,48 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
 
 
 def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig | None = None,
-                         images: Sequence[str] | None = None) -> PatchSet:
+                         images: Sequence[str] | None = None, reconstruction: Path | None = None,
+                         min_shared: int = 30) -> PatchSet:
     """Patches of the descriptor-free tracks of a scene with cameras (:mod:`matcher.training.gt_tracks`).
 
     Args:
-        scene_dir: a shared scene with ``images/`` and ground-truth cameras (``gt_dense_cameras/`` or ``cameras/``).
+        scene_dir: a shared scene with ``images/`` and ground-truth cameras (``gt_dense_cameras/`` or ``cameras/``);
+            with ``reconstruction``, the image folder itself.
         out_path: the patch dataset to write.
         config: pipeline settings (detector, ``images.max_edge``, magnification); default preset by default.
         images: only these images (default: every image with a camera).
+        reconstruction: a COLMAP model of ``scene_dir`` (e.g. ``match --reconstruct``): its cameras (lens
+            distortion removed from the keypoints for the geometry) replace ground truth, and only its covisible
+            pairs (at least ``min_shared`` common 3D points) make two-view hypotheses.
     """
-    from matcher.training.gt_cameras import load_scene_cameras
+    from matcher.training.gt_cameras import (
+        covisible_pairs,
+        load_reconstruction,
+        load_scene_cameras,
+        reconstruction_cameras,
+        reconstruction_undistorters,
+    )
     from matcher.training.gt_tracks import build_tracks, detect_views, tracks_to_patch_set
 
     config = config or load_config("default")
-    cameras = load_scene_cameras(Path(scene_dir))
+    pairs = undistort = None
+    if reconstruction is None:
+        image_dir = Path(scene_dir) / "images"
+        cameras = load_scene_cameras(Path(scene_dir))
+    else:
+        image_dir = Path(scene_dir)
+        rec = load_reconstruction(reconstruction)
+        cameras = reconstruction_cameras(rec)
+        undistort = reconstruction_undistorters(rec)
+        pairs = covisible_pairs(rec, min_shared)
     if images is not None:
         cameras = {name: P for name, P in cameras.items() if name in set(images)}
-    views = detect_views(Path(scene_dir) / "images", cameras, config.detection, config.images.max_edge)
-    tracks = build_tracks(views)
+    views = detect_views(image_dir, cameras, config.detection, config.images.max_edge, undistort)
+    tracks = build_tracks(views, pairs=pairs)
     magnification = patch_magnification(config.descriptor, config.patches)
     patch_set = tracks_to_patch_set(views, tracks, magnification)
-    save_patch_set(patch_set, out_path, source=f"camera tracks of {scene_dir}", magnification=magnification)
+    source = f"camera tracks of {scene_dir}" + ("" if reconstruction is None else f" (cameras of {reconstruction})")
+    save_patch_set(patch_set, out_path, source=source, magnification=magnification)
     log.info("%s: %d patches of %d tracks", out_path, len(patch_set), patch_set.num_identities)
     return patch_set
 

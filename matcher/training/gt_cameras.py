@@ -7,6 +7,11 @@ Two formats (../shared/data/README.md and each scene's SOURCE.txt):
 * ``cameras/STEM_P.txt`` (buddha): a 3×4 projection matrix, already rescaled to the shared (downscaled) images;
   image ``00006._c.jpg`` has ``cameras/00006_P.txt``.
 
+A pycolmap reconstruction (e.g. ``match --reconstruct``) gives the same {name: P} through
+:func:`reconstruction_cameras`, with :func:`reconstruction_undistorters` for its lens distortion (P is the
+pinhole part) and :func:`covisible_pairs` to bound which views are compared: tracks of scenes without ground
+truth, still linked by geometry alone (no descriptor decides the positives).
+
 Pixel centres are at integer coordinates (the pipeline's convention), which is the convention the shared files
 were rescaled with.
 """
@@ -14,12 +19,23 @@ were rescaled with.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from matcher.images import list_images
 
-__all__ = ["read_strecha_camera", "normalise_projection", "camera_centre", "load_scene_cameras"]
+__all__ = [
+    "read_strecha_camera",
+    "normalise_projection",
+    "camera_centre",
+    "load_scene_cameras",
+    "load_reconstruction",
+    "reconstruction_cameras",
+    "camera_undistorter",
+    "reconstruction_undistorters",
+    "covisible_pairs",
+]
 
 
 def read_strecha_camera(path: Path) -> np.ndarray:
@@ -77,3 +93,80 @@ def load_scene_cameras(scene_dir: Path) -> dict[str, np.ndarray]:
     else:
         raise FileNotFoundError(f"{scene_dir}: no gt_dense_cameras/ or cameras/ folder")
     return out
+
+
+def load_reconstruction(reconstruction):
+    """A ``pycolmap.Reconstruction`` as given, or read from its folder (``sparse/0`` or a folder holding ``0/``).
+
+    Raises:
+        FileNotFoundError: the folder holds no COLMAP model.
+    """
+    import pycolmap
+
+    if isinstance(reconstruction, pycolmap.Reconstruction):
+        return reconstruction
+    path = Path(reconstruction)
+    for candidate in (path, path / "0"):
+        if any((candidate / f"images.{ext}").is_file() for ext in ("bin", "txt")):
+            return pycolmap.Reconstruction(str(candidate))
+    raise FileNotFoundError(f"{path}: no COLMAP model (images.bin or images.txt) here or in {path / '0'}")
+
+
+# COLMAP's pixel centres are at +0.5 (the export adds it); the pipeline's and the ground-truth loaders' at 0.
+_FROM_COLMAP_PIXELS = np.array([[1.0, 0.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 1.0]])
+
+
+def reconstruction_cameras(reconstruction) -> dict[str, np.ndarray]:
+    """Normalised (3, 4) projection matrices of every registered image of a reconstruction.
+
+    The same contract as :func:`load_scene_cameras` (full-resolution pixels, integer pixel centres), with the
+    camera's pinhole part K = ``camera.calibration_matrix()``; a lens distortion is left to
+    :func:`reconstruction_undistorters`.
+
+    Args:
+        reconstruction: a ``pycolmap.Reconstruction`` or its folder (:func:`load_reconstruction`).
+
+    Returns:
+        {image name: P}, in image-name order.
+    """
+    rec = load_reconstruction(reconstruction)
+    out: dict[str, np.ndarray] = {}
+    for image in sorted((rec.images[i] for i in rec.reg_image_ids()), key=lambda im: im.name):
+        K = rec.cameras[image.camera_id].calibration_matrix()
+        out[image.name] = normalise_projection(_FROM_COLMAP_PIXELS @ K @ image.cam_from_world().matrix())
+    return out
+
+
+def camera_undistorter(camera) -> Callable[[np.ndarray], np.ndarray]:
+    """Map (N, 2) detected pixel positions of a ``pycolmap.Camera`` (integer pixel centres) to where its pinhole
+    part K = ``camera.calibration_matrix()`` sees them (lens distortion removed; NaN where it cannot be)."""
+    K = camera.calibration_matrix()
+    idxs = list(camera.extra_params_idxs())
+    if not idxs or not np.any(np.asarray(camera.params)[idxs]):
+        return lambda xy: np.asarray(xy, np.float64)
+
+    def undistort(xy: np.ndarray) -> np.ndarray:
+        normalised = np.asarray(camera.cam_from_img(np.asarray(xy, np.float64) + 0.5), np.float64)
+        return normalised @ K[:2, :2].T + K[:2, 2] - 0.5
+
+    return undistort
+
+
+def reconstruction_undistorters(reconstruction) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """{name: :func:`camera_undistorter` of its camera} for every registered image: with P of
+    :func:`reconstruction_cameras`, the projection of a 3D point lands on its undistorted observation."""
+    rec = load_reconstruction(reconstruction)
+    return {rec.images[i].name: camera_undistorter(rec.cameras[rec.images[i].camera_id]) for i in rec.reg_image_ids()}
+
+
+def covisible_pairs(reconstruction, min_shared: int = 30) -> set[tuple[str, str]]:
+    """Pairs of image names (sorted within the pair) that observe at least ``min_shared`` common 3D points."""
+    rec = load_reconstruction(reconstruction)
+    counts: dict[tuple[int, int], int] = {}
+    for point in rec.points3D.values():
+        ids = sorted({element.image_id for element in point.track.elements})
+        for a in range(len(ids)):
+            for b in range(a + 1, len(ids)):
+                counts[ids[a], ids[b]] = counts.get((ids[a], ids[b]), 0) + 1
+    names = {i: rec.images[i].name for i in rec.reg_image_ids()}
+    return {tuple(sorted((names[a], names[b]))) for (a, b), n in counts.items() if n >= min_shared}

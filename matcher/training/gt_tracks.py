@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,13 +54,21 @@ class View:
         gray: (H, W) uint8 image in the detection frame.
         keypoints: DoG keypoints in that frame.
         P: (3, 4) normalised projection matrix of that frame (``P[2] @ [X, 1]`` = depth).
+        detected: the keypoints as detected, where patches are cut, when ``keypoints`` differ from them (lens
+            distortion removed for the geometry); None: the same as ``keypoints``.
     """
 
     name: str
     gray: np.ndarray
     keypoints: Keypoints
     P: np.ndarray
+    detected: Keypoints | None = None
     _tree: cKDTree | None = field(default=None, repr=False)
+
+    @property
+    def patch_keypoints(self) -> Keypoints:
+        """The keypoints where patches are cut (as detected)."""
+        return self.keypoints if self.detected is None else self.detected
 
     @property
     def centre(self) -> np.ndarray:
@@ -117,21 +126,34 @@ def detect_views(
     cameras: dict[str, np.ndarray],
     detection: DetectionConfig | None = None,
     max_edge: int = 1600,
+    undistort: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> list[View]:
     """Read and detect every image that has a camera, as ``match`` would (same resize, same detector).
 
     Args:
         image_dir: the images.
-        cameras: {name: (3, 4) P in the full-resolution frame} (:func:`~matcher.training.gt_cameras.load_scene_cameras`).
+        cameras: {name: (3, 4) P in the full-resolution frame} (:func:`~matcher.training.gt_cameras.load_scene_cameras`
+            or :func:`~matcher.training.gt_cameras.reconstruction_cameras`).
         detection: detector settings (default: the pipeline's).
         max_edge: the pipeline's ``images.max_edge``.
+        undistort: {name: map of (N, 2) full-resolution detected positions to P's pinhole positions}
+            (:func:`~matcher.training.gt_cameras.reconstruction_undistorters`); the geometry uses the mapped
+            positions, the patches the detected ones. None: no distortion.
     """
     views = []
     for name, P in cameras.items():
         gray = read_image(Path(image_dir), name).gray
         small, sx, sy = resize_for_detection(gray, max_edge)
-        views.append(View(name, small, detect_keypoints(small, detection or DetectionConfig()),
-                          _to_detection_frame(P, sx, sy)))
+        detected = detect_keypoints(small, detection or DetectionConfig())
+        view = View(name, small, detected, _to_detection_frame(P, sx, sy))
+        if undistort is not None and name in undistort and len(detected):
+            full = (detected.xy.astype(np.float64) + 0.5) * [sx, sy] - 0.5
+            ideal = (undistort[name](full) + 0.5) / [sx, sy] - 0.5
+            keep = np.isfinite(ideal).all(1)
+            geometric = detected.select(keep)
+            geometric.xy = ideal[keep].astype(np.float32)
+            view = View(name, small, geometric, view.P, detected=detected.select(keep))
+        views.append(view)
     return views
 
 
@@ -273,15 +295,25 @@ def _link_without_conflicts(support: np.ndarray, offsets: np.ndarray, view_of_no
     return np.where(in_track[roots], roots, -1)
 
 
-def build_tracks(views: list[View], config: TrackConfig | None = None) -> Tracks:
-    """Descriptor-free tracks of ``views`` (see the module docstring)."""
+def build_tracks(views: list[View], config: TrackConfig | None = None,
+                 pairs: set[tuple[str, str]] | None = None) -> Tracks:
+    """Descriptor-free tracks of ``views`` (see the module docstring).
+
+    Args:
+        pairs: only these view pairs make two-view hypotheses, as (name, name) in either order (e.g.
+            :func:`~matcher.training.gt_cameras.covisible_pairs`, to bound the cost on larger scenes); every view
+            still counts as support. None: every pair within ``max_axis_angle``.
+    """
     config = config or TrackConfig()
+    wanted = None if pairs is None else {frozenset(p) for p in pairs}
     offsets = np.concatenate([[0], np.cumsum([len(v.keypoints) for v in views])])
     hypotheses: list[np.ndarray] = []  # (H, V) supporting keypoint per view, -1 where none
     axes = np.stack([v.P[2, :3] for v in views])
     for i in range(len(views)):
         for j in range(i + 1, len(views)):
             if np.degrees(np.arccos(np.clip(axes[i] @ axes[j], -1, 1))) > config.max_axis_angle:
+                continue
+            if wanted is not None and frozenset((views[i].name, views[j].name)) not in wanted:
                 continue
             k, l, X = _pair_hypotheses(views[i], views[j], config)
             if k.size == 0:
@@ -351,7 +383,7 @@ def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float 
     for m, v in enumerate(views):
         rows = np.flatnonzero(keep & (tracks.view == m))
         if rows.size:
-            kps = v.keypoints.select(tracks.keypoint[rows])
+            kps = v.patch_keypoints.select(tracks.keypoint[rows])
             patches[rows] = extract_patches(v.gray, lafs_from_keypoints(kps, magnification))
     k = torch.from_numpy(keep)
     return PatchSet(patches[k], torch.from_numpy(tracks.track[keep]), torch.from_numpy(tracks.view[keep]),

@@ -93,6 +93,8 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     ('channels = "quarter"', "channels = 'quarter': must be one of full, half"),
     ("steps = 0", "steps = 0: must be"),
     ("no_such_setting = 1", "unknown keys no_such_setting"),
+    ("mix = [1.0, 2.0]", "mix needs one non-negative share per data file"),
+    ("distill_sets = [3]", "distill_sets must list data file indices"),
 ])
 def test_a_bad_distillation_config_is_one_line_naming_the_file(tmp_path: Path, setting: str, expected: str) -> None:
     """The distillation config is checked by the pipeline's mechanism (config.check_settings) at load."""
@@ -104,3 +106,32 @@ def test_a_bad_distillation_config_is_one_line_naming_the_file(tmp_path: Path, s
     with pytest.raises(ConfigError, match=expected) as caught:
         load_distill_config(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_threshold_loss_rewards_one_threshold_for_all_anchors() -> None:
+    """Positives above tau and every anchor's hardest negative below it: low loss; a positive pair far apart
+    (even when it is still its anchor's nearest neighbour, which a per-anchor loss accepts) raises it."""
+    from matcher.training.distill import threshold_loss
+
+    labels = torch.tensor([0, 0, 1, 1])
+    tau = torch.tensor(0.5)
+    e = torch.eye(4)
+    calibrated = torch.nn.functional.normalize(torch.stack([e[0] + 0.1 * e[1], e[0], e[2], e[2] + 0.1 * e[3]]), dim=1)
+    assert float(threshold_loss(calibrated, labels, tau, 0.05)) < 0.01
+    # identity 0's views at cosine 0.37 (still nearest neighbours: cosine 0 to everything else)
+    far = torch.nn.functional.normalize(torch.stack([e[0], e[0] + 2.5 * e[1], e[2], e[2]]), dim=1)
+    assert float(threshold_loss(far, labels, tau, 0.05)) > 1.0
+
+
+def test_mixed_batches_take_each_files_share_and_skip_validation_rows() -> None:
+    import numpy as np
+
+    from matcher.training.distill import _batches
+
+    labels = torch.arange(400).repeat_interleave(2)  # 400 identities x 2 views; file 0: ids 0-299, file 1: 300-399
+    source = (labels >= 300).long()
+    train_idx = np.flatnonzero(labels.numpy() % 10 != 0)  # every tenth identity held out
+    config = DistillConfig(data=["a.h5", "b.h5"], out="x.pt", steps=5, identities_per_batch=20, mix=[0.25, 0.75])
+    for batch in _batches(labels, source, train_idx, config):
+        assert len(batch) == 40 and set(batch) <= set(train_idx)
+        assert (source[batch] == 1).sum() == 30  # 75 % of the identities from file 1, though it holds 25 %

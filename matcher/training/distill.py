@@ -11,8 +11,19 @@ copy in torch, about a third of a step's time). The student is trained on
     L = w_d · mean_i ‖s_i − t_i‖²  +  w_r · mean_ij (s_iᵀs_j − t_iᵀt_j)²  +  w_l · HardNet(s, labels)
 
 (s, t: unit student / teacher descriptors (B, 128); the second term keeps the teacher's in-batch similarity
-structure, which is what nearest-neighbour matching uses; the third is the project's HardNet loss on the
-labelled views). Validation: a fixed held-out slice of identities (never trained on), unaugmented; the student's
+structure, which is what nearest-neighbour matching uses; the third is a label loss, HardNet by default, on the
+labelled views).
+
+The same run trains on hard positives with the teacher as a regulariser (issue 11): ``init`` starts the student
+from trained weights, ``mix`` gives each data file its share of every batch's identities (e.g. mostly
+descriptor-free camera tracks), ``distill_sets`` limits the teacher terms to some files (e.g. the homographies,
+so the teacher does not hold the camera tracks' wide-baseline positives at its own similarities), and
+``w_threshold`` adds a term for one similarity threshold shared by all anchors (FPR95 uses one):
+
+    L_thr = mean_j softplus((τ − s_aᵀs_p,j) / T)  +  mean_j softplus((max_neg s_aᵀs_n − τ) / T)
+
+with a learned τ (initial ``threshold``) and temperature T = ``threshold_temperature``: every positive above τ,
+every anchor's hardest in-batch negative below it. Validation: a fixed held-out slice of identities (never trained on), unaugmented; the student's
 mean cosine to the teacher, the share of its mutual nearest neighbours that are the teacher's, and FPR95 of
 both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pairs).
 
@@ -50,7 +61,7 @@ from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
 from matcher.training.sampler import PKSampler
 
-__all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "validate_student"]
+__all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "threshold_loss", "validate_student"]
 
 log = logging.getLogger("matcher")
 
@@ -72,6 +83,15 @@ class DistillConfig:
     w_descriptor: float = 1.0
     w_relation: float = 1.0
     w_label: float = 0.1
+    label_loss: str = "hardnet"
+    init: str | None = None
+    mix: list[float] | None = None
+    distill_sets: list[int] | None = None
+    validation_sets: list[int] | None = None
+    select: Literal["cos", "fpr95"] = "cos"
+    w_threshold: float = 0.0
+    threshold: float = 0.5
+    threshold_temperature: float = 0.05
     drop_rate: float = 0.1
     augment: bool = False
     bf16: bool = False
@@ -91,7 +111,7 @@ class DistillConfig:
         "lr": above(0.0), "warmup": at_least(0), "weight_decay": at_least(0.0), "w_descriptor": at_least(0.0),
         "w_relation": at_least(0.0), "w_label": at_least(0.0), "validation_identities": at_least(2),
         "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
-        "threads": at_least(1),
+        "threads": at_least(1), "w_threshold": at_least(0.0), "threshold_temperature": above(0.0),
     }
 
     @property
@@ -122,6 +142,8 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
     raw["out"] = relative(raw["out"])
     if raw.get("teacher", "sdgmnet").endswith(".pt"):
         raw["teacher"] = relative(raw["teacher"])
+    if str(raw.get("init") or "").endswith(".pt"):
+        raw["init"] = relative(raw["init"])
     if raw.get("log_file"):
         raw["log_file"] = relative(raw["log_file"])
     config = DistillConfig(**raw)
@@ -129,23 +151,58 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
         check_settings(config)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    n = len(config.data)
+    if config.mix is not None and (len(config.mix) != n or min(config.mix) < 0 or sum(config.mix) <= 0):
+        raise ConfigError(f"{path}: mix needs one non-negative share per data file ({n}), not all zero")
+    for key in ("distill_sets", "validation_sets"):
+        value = getattr(config, key)
+        if value is not None and (not value or not all(0 <= i < n for i in value)):
+            raise ConfigError(f"{path}: {key} must list data file indices in 0..{n - 1}")
     return config
 
 
+def threshold_loss(descriptors: torch.Tensor, labels: torch.Tensor, tau: torch.Tensor, temperature: float
+                   ) -> torch.Tensor:
+    """One similarity threshold for all anchors: positives above ``tau``, each anchor's hardest negative below.
+
+    Args:
+        descriptors: (B, D) unit rows, identity-major (the views of one identity consecutive). labels: (B,).
+        tau: scalar threshold (learned). temperature: softness T of the two softplus terms.
+    """
+    sim = descriptors @ descriptors.T
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    pos = sim[same & ~eye]
+    neg = sim.masked_fill(same, -2.0).max(1).values
+    return F.softplus((tau - pos) / temperature).mean() + F.softplus((neg - tau) / temperature).mean()
+
+
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
-                   config: DistillConfig) -> tuple[torch.Tensor, dict[str, float]]:
+                   config: DistillConfig, distill_rows: torch.Tensor | None = None,
+                   tau: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation loss of one batch.
 
     Args:
         student: (B, 128) unit rows (with gradient). teacher: (B, 128) unit rows (targets). labels: (B,) int64.
+        distill_rows: (B,) bool, the rows the teacher terms apply to (None: all).
+        tau: the learned threshold of :func:`threshold_loss` (used when ``config.w_threshold`` > 0).
 
     Returns:
         The scalar loss and its terms as floats.
     """
-    d = (student - teacher).pow(2).sum(1).mean()
-    r = (student @ student.T - teacher @ teacher.T).pow(2).mean()
+    s, t = (student, teacher) if distill_rows is None else (student[distill_rows], teacher[distill_rows])
+    if len(s):
+        d = (s - t).pow(2).sum(1).mean()
+        r = (s @ s.T - t @ t.T).pow(2).mean()
+    else:
+        d = r = student.sum() * 0.0
     total = config.w_descriptor * d + config.w_relation * r
     terms = {"descriptor": float(d.detach()), "relation": float(r.detach())}
+    if config.w_threshold > 0 and tau is not None:
+        thr = threshold_loss(student, labels, tau, config.threshold_temperature)
+        total = total + config.w_threshold * thr
+        terms["threshold"] = float(thr.detach())
+        terms["tau"] = float(tau.detach())
     if config.w_label > 0:
         lab = label_loss(student, labels)
         total = total + config.w_label * lab
@@ -205,9 +262,10 @@ def _mutual_nn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _split(data: PatchSet, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of training and validation patches: ``n_val`` whole identities held out."""
-    ids = np.unique(data.labels.numpy())
+def _split(data: PatchSet, n_val: int, seed: int, eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of training and validation patches: ``n_val`` whole identities held out (drawn from the rows
+    ``eligible`` (N,) bool, default all)."""
+    ids = np.unique(data.labels.numpy() if eligible is None else data.labels.numpy()[eligible])
     rng = np.random.default_rng([seed, 7])
     val_ids = rng.choice(ids, min(n_val, len(ids) // 10), replace=False)
     is_val = np.isin(data.labels.numpy(), val_ids)
@@ -267,24 +325,33 @@ class _Progress:
         return min(1.0, p)
 
 
-def _teacher_targets(teacher: SDGMNet, data: PatchSet, config: DistillConfig, note) -> torch.Tensor:
-    """Teacher descriptors (N, 128) of every patch, cached beside the checkpoint (keyed by the data files)."""
+def _teacher_targets(teacher: SDGMNet, data: PatchSet, sizes: list[int], wanted: list[int], config: DistillConfig,
+                     note) -> torch.Tensor:
+    """Teacher descriptors (N, 128) of the patches of the data files ``wanted`` (zero rows for the others),
+    cached per data file beside ``out`` (keyed by the file, its patch count and the teacher's weights)."""
     from matcher.descriptors.engines import build_engine, weights_digest
 
-    cache = Path(config.out).with_suffix(".targets.pt")
-    key = json.dumps({"data": [str(Path(p).resolve()) for p in config.data], "n": len(data),
-                      "teacher": weights_digest(teacher)})
-    if cache.is_file():
-        blob = torch.load(cache, map_location="cpu", weights_only=True)
-        if blob.get("key") == key:
-            return blob["targets"]
-    t0 = time.time()
-    engine = build_engine(teacher, "auto", "auto", 256, "cpu")
-    targets = engine(data.patches)
-    note({"event": "teacher targets", "engine": engine.name, "precision": engine.precision,
-          "patches": len(data), "seconds": time.time() - t0})
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "targets": targets}, cache)
+    digest = weights_digest(teacher)
+    targets = torch.zeros((len(data), 128))
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    engine = None
+    for k in wanted:
+        path = Path(config.data[k])
+        cache = Path(config.out).parent / f"{path.stem}.{digest[:12]}.targets.pt"
+        key = json.dumps({"data": str(path.resolve()), "n": int(sizes[k]), "teacher": digest})
+        rows = slice(int(offsets[k]), int(offsets[k + 1]))
+        if cache.is_file():
+            blob = torch.load(cache, map_location="cpu", weights_only=True)
+            if blob.get("key") == key:
+                targets[rows] = blob["targets"]
+                continue
+        t0 = time.time()
+        engine = engine or build_engine(teacher, "auto", "auto", 256, "cpu")
+        targets[rows] = engine(data.patches[rows])
+        note({"event": "teacher targets", "file": str(path), "engine": engine.name, "precision": engine.precision,
+              "patches": int(sizes[k]), "seconds": time.time() - t0})
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "targets": targets[rows].clone()}, cache)
     return targets
 
 
@@ -308,23 +375,37 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     teacher_bf16.load_state_dict(teacher.state_dict())
     teacher_bf16 = teacher_bf16.eval().to(torch.bfloat16 if config.bf16 else torch.float32,
                                           memory_format=torch.channels_last)
-    data = concat_patch_sets([load_patch_set(Path(p)) for p in config.data])
-    targets = None if config.augment else _teacher_targets(teacher, data, config, note)
-    train_idx, val_idx = _split(data, config.validation_identities, config.seed)
+    sets = [load_patch_set(Path(p)) for p in config.data]
+    data = concat_patch_sets(sets)
+    sizes = [len(x) for x in sets]
+    source = torch.from_numpy(np.repeat(np.arange(len(sets)), sizes))
+    del sets
+    wanted = list(range(len(sizes))) if config.distill_sets is None else sorted(set(config.distill_sets))
+    targets = None if config.augment else _teacher_targets(teacher, data, sizes, wanted, config, note)
+    eligible = None if config.validation_sets is None else np.isin(source.numpy(), config.validation_sets)
+    train_idx, val_idx = _split(data, config.validation_identities, config.seed, eligible)
+    distill_mask = None if config.distill_sets is None else torch.isin(source, torch.tensor(config.distill_sets))
     val = PatchSet(data.patches[val_idx], data.labels[val_idx], data.photo[val_idx], data.view[val_idx], data.names)
     teacher_val = _describe(teacher, val.patches)
     pairs = _val_pairs(val.labels, config.seed)
 
     student = SDGMNet(drop_rate=config.drop_rate, channels=config.channels)
+    if config.init:
+        init, _ = load_sdgmnet(config.init)
+        student.load_state_dict(init.state_dict())
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    label_loss = get_loss("hardnet")
-    opt = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    label_loss = get_loss(config.label_loss)
+    tau = torch.nn.Parameter(torch.tensor(float(config.threshold)))
+    opt = torch.optim.AdamW([{"params": student.parameters()}, {"params": [tau], "weight_decay": 0.0}],
+                            lr=config.lr, weight_decay=config.weight_decay)
     start, history, best, resumed_progress = 0, [], None, 0.0
     ckpt = config.checkpoint_path
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])
+        if "tau" in state:
+            tau.data.fill_(float(state["tau"]))
         opt.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), json.loads(state["history"])
         resumed_progress = float(state.get("progress", start / config.steps))
@@ -334,13 +415,12 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
           "student_flops": student.flops_per_patch(), "teacher_flops": teacher.flops_per_patch(),
           "config": {k: v for k, v in asdict(config).items() if k != "history"}})
 
-    sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
-                        seed=config.seed)
+    batches = _batches(data.labels, source, train_idx, config)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(step: int) -> None:
         tmp = ckpt.with_suffix(".tmp")
-        torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "step": step,
+        torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "step": step, "tau": float(tau.detach()),
                     "progress": progress(step),
                     "history": json.dumps(history), "best": json.dumps(best) if best else ""}, tmp)
         tmp.replace(ckpt)
@@ -350,13 +430,17 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         record = {"step": step, **validate_student(student, teacher_val, val, pairs)}
         history.append(record)
         note(record)
-        if best is None or record["cos_mean"] > best["cos_mean"]:
+        better = (record["cos_mean"] > best["cos_mean"] if config.select == "cos"
+                  else record["fpr95_student"] <= best["fpr95_student"]) if best is not None else True
+        if better:
             best = record
             meta = {
                 "magnification": float(teacher_meta.get("magnification", config.magnification)),
                 "distilled_from": str(config.teacher), "teacher_meta_loss": teacher_meta.get("loss"),
                 "data": [Path(p).name for p in config.data], "step": step, "steps_planned": config.steps,
-                "loss": f"distill: {config.w_descriptor}*L2 + {config.w_relation}*relation + {config.w_label}*hardnet",
+                "loss": f"distill: {config.w_descriptor}*L2 + {config.w_relation}*relation + "
+                        f"{config.w_label}*{config.label_loss} + {config.w_threshold}*threshold",
+                "init": config.init, "mix": config.mix, "distill_sets": config.distill_sets,
                 "lr": config.lr, "identities_per_batch": config.identities_per_batch, "seed": config.seed,
                 "validation": record,
             }
@@ -364,7 +448,6 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         student.train()
 
     gen = torch.Generator().manual_seed(config.seed * 1000 + start)
-    batches = sampler.batches(config.steps)
     progress = _Progress(config, start, resumed_progress)
     t0, done = time.time(), start
     for step, idx in enumerate(batches):
@@ -392,7 +475,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
             target = targets[idx]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out = student(patches)
-        loss, terms = distill_losses(F.normalize(out.float(), dim=1), target, labels, label_loss, config)
+        loss, terms = distill_losses(F.normalize(out.float(), dim=1), target, labels, label_loss, config,
+                                     None if distill_mask is None else distill_mask[idx], tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -411,6 +495,26 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     if logf:
         logf.close()
     return best or {}
+
+
+def _batches(labels: torch.Tensor, source: torch.Tensor, train_idx: np.ndarray, config: DistillConfig):
+    """Row indices of each step's batch: P identities × K views, drawn from all training rows, or with ``mix``
+    from each data file in proportion to its share (a :class:`PKSampler` per file, concatenated)."""
+    if config.mix is None:
+        sampler = PKSampler(labels[train_idx], config.identities_per_batch, config.views_per_identity,
+                            seed=config.seed)
+        return (train_idx[b] for b in sampler.batches(config.steps))
+    shares = np.asarray(config.mix, np.float64) / sum(config.mix)
+    counts = np.floor(shares * config.identities_per_batch).astype(int)
+    counts[np.argmax(shares)] += config.identities_per_batch - counts.sum()
+    streams = []
+    src = source.numpy()[train_idx]
+    for k, count in enumerate(counts):
+        if count > 0:
+            rows = train_idx[src == k]
+            sampler = PKSampler(labels[rows], int(count), config.views_per_identity, seed=config.seed * 100 + k)
+            streams.append((rows, sampler.batches(config.steps)))
+    return (np.concatenate([rows[next(it)] for rows, it in streams]) for _ in range(config.steps))
 
 
 def main(argv: list[str] | None = None) -> None:

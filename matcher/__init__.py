@@ -13,6 +13,7 @@ The stages one at a time, over files (:mod:`matcher.stages`; ``match`` is their 
     matcher.extract_features("images/", "f.h5", settings=matcher.FeatureSettings.from_config(config))
     pairs = matcher.make_pairs("f.h5", config.pairs, image_dir="images/")
     matcher.match_features("f.h5", pairs, "m.h5", config.matching, config.verification)
+    pairs = matcher.expand_pairs("f.h5", pairs, "m.h5", config.pairs, config.matching, config.verification).pairs
     matcher.export_database("images/", "f.h5", "m.h5", pairs, "db.db", config.export)
 """
 
@@ -34,6 +35,7 @@ __all__ = [
     "extract_features",
     "make_pairs",
     "match_features",
+    "expand_pairs",
     "export_database",
 ]
 
@@ -50,6 +52,7 @@ _LAZY = {
     "extract_features": "matcher.stages",
     "make_pairs": "matcher.stages",
     "match_features": "matcher.stages",
+    "expand_pairs": "matcher.stages",
     "export_database": "matcher.stages",
 }
 
@@ -57,7 +60,9 @@ if TYPE_CHECKING:
     from matcher.api import match, reconstruct, undistort
     from matcher.config import MappingConfig, PipelineConfig, load_config
     from matcher.errors import MatcherError
-    from matcher.stages import FeatureSettings, export_database, extract_features, make_pairs, match_features
+    from matcher.stages import (
+        FeatureSettings, expand_pairs, export_database, extract_features, make_pairs, match_features,
+    )
 
     __version__: str
 

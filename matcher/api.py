@@ -5,7 +5,7 @@ prints (``.format()``) or writes with ``--json`` (``dataclasses.asdict``). Error
 :class:`matcher.errors.MatcherError` subclasses with a one-line message.
 
 :func:`match` is the composition of the stages in :mod:`matcher.stages` (``extract_features``, ``make_pairs``,
-``match_features``, ``export_database``, and :func:`reconstruct`), also reachable as ``matcher.<name>``.
+``match_features``, ``expand_pairs``, ``export_database``, and :func:`reconstruct`), also reachable as ``matcher.<name>``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from matcher.pipeline import RunReport
 
 __all__ = ["match", "reconstruct", "undistort", "FeatureSettings", "extract_features", "make_pairs", "match_features",
-           "export_database"]
+           "expand_pairs", "export_database"]
 
-_STAGES = ("FeatureSettings", "extract_features", "make_pairs", "match_features", "export_database")
+_STAGES = ("FeatureSettings", "extract_features", "make_pairs", "match_features", "expand_pairs", "export_database")
 
 
 def __getattr__(name: str) -> Any:

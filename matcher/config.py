@@ -199,7 +199,10 @@ class PairsConfig:
     its own descriptors over a ``retrieval_words``-word codebook, see matcher.retrieval) or ``file``
     (``pairs_file``: one ``name1 name2`` per line). With ``sequential`` or ``file``, ``retrieval_k`` > 0 adds
     the retrieved pairs to the strategy's own (0: none). ``gps_k`` > 0 adds to any strategy's pairs each image
-    with its ``gps_k`` nearest images by EXIF GPS position (images without GPS get none; see matcher.gps)."""
+    with its ``gps_k`` nearest images by EXIF GPS position (images without GPS get none; see matcher.gps).
+    With retrieval (``retrieval_k`` > 0), ``expand_rounds`` rounds of verified-neighbour pairs follow the
+    matching (0: none): each image is also matched with at most ``retrieval_k`` neighbours of its neighbours
+    (pairs verified with >= ``expand_min_inliers`` inliers) per round; see matcher.retrieval_expansion."""
 
     strategy: Literal["exhaustive", "sequential", "retrieval", "file"] = "exhaustive"
     overlap: int = 10
@@ -207,10 +210,13 @@ class PairsConfig:
     retrieval_k: int = 0
     retrieval_words: int = 64
     gps_k: int = 0
+    expand_rounds: int = 1
+    expand_min_inliers: int = 50
 
     rules: ClassVar[dict[str, Rule]] = {
         "overlap": _at_least(1),
         "retrieval_k": _at_least(0), "retrieval_words": _at_least(1), "gps_k": _at_least(0),
+        "expand_rounds": _at_least(0), "expand_min_inliers": _at_least(1),
     }
 
 

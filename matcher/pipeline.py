@@ -41,7 +41,8 @@ from matcher.mapping import ReconstructionSummary, model_path, reconstruct
 from matcher.masks import mask_path
 from matcher.on_demand import PairRetry, format_retries, match_on_demand
 from matcher.stages import (
-    FEATURE_SECTIONS, MATCH_SECTIONS, FeatureSettings, export_database, extract_features, make_pairs, match_features,
+    FEATURE_SECTIONS, MATCH_SECTIONS, FeatureSettings, expand_pairs, export_database, extract_features, make_pairs,
+    match_features,
 )
 from matcher.stages.cache import fingerprint
 from matcher.threads import thread_budget
@@ -85,6 +86,7 @@ class RunReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     images_reused: int = 0
     pairs: int = 0
+    pairs_added: list[int] = field(default_factory=list)  # verified-neighbour pairs per round (in ``pairs``)
     pairs_reused: int = 0
     pairs_without_matches: int = 0
     pairs_verified: int = 0
@@ -108,7 +110,9 @@ class RunReport:
         lines = [
             f"images: {len(self.images_used)} used of {self.images_found} found"
             + (f" ({self.images_reused} features reused)" if self.images_reused else ""),
-            f"pairs: {self.pairs} matched, {self.pairs_verified} verified, "
+            f"pairs: {self.pairs} matched"
+            + (f" ({' + '.join(map(str, self.pairs_added))} from verified neighbours)" if self.pairs_added else "")
+            + f", {self.pairs_verified} verified, "
             f"{self.pairs_without_matches} without matches"
             + (f" ({self.pairs_reused} reused)" if self.pairs_reused else ""),
         ]
@@ -260,6 +264,11 @@ def run_match(
     matched = match_features(paths.features, pairs, paths.matches, config.matching, config.verification,
                              overwrite=overwrite, progress=progress, threads=budget, ray=ray)
     report.pairs_reused = matched.reused
+    if config.pairs.retrieval_k > 0 and config.pairs.expand_rounds > 0:  # verified-neighbour pairs, matched
+        expanded = expand_pairs(paths.features, pairs, paths.matches, config.pairs, config.matching,
+                                config.verification, overwrite=overwrite, progress=progress, threads=budget, ray=ray)
+        pairs, report.pairs_added = expanded.pairs, expanded.added
+        report.pairs, report.pairs_reused = len(pairs), report.pairs_reused + expanded.reused
     report.threads["matching_workers"] = config.matching.workers if config.matching.workers > 0 else budget
     t2 = time.perf_counter()
     report.timings["match"] = t2 - t1

@@ -1,5 +1,5 @@
-"""Retrieval pairs (``match --retrieval K``) on entry-P10 (10 real photos, 640 px, 1024 RootSIFT keypoints), GPS
-pairs (``--gps K``) on lund's EXIF."""
+"""Retrieval pairs (``match --retrieval K``) on entry-P10 (10 real photos, 640 px, 1024 RootSIFT keypoints), with
+the verified-neighbour rounds that follow them (``pairs.expand_rounds``), GPS pairs (``--gps K``) on lund's EXIF."""
 
 from __future__ import annotations
 
@@ -13,13 +13,17 @@ from click.testing import CliRunner
 
 from conftest import require_shared
 
+import matcher
+
 from matcher.cli import _overrides, match_command
 from matcher.config import PairsConfig, load_config
-from matcher.errors import ConfigError
+from matcher.errors import ConfigError, IncompatibleDatabaseError
 from matcher.gps import gps_pairs, gps_position
 from matcher.pairs import exhaustive_pairs, make_pairs, sequential_pairs
 from matcher.retrieval import retrieval_pairs, top_k_neighbours
-from matcher.storage import FeatureStore
+from matcher.retrieval_expansion import verified_neighbour_pairs
+from matcher.stages import expand_pairs
+from matcher.storage import FeatureStore, MatchStore
 
 FAST = ["--max-edge", "640", "--max-keypoints", "1024", "--descriptor", "rootsift", "-q"]
 K = 3
@@ -96,19 +100,82 @@ def test_retrieved_pairs_are_the_strongly_matching_ones(exhaustive_run: Path, na
     assert sum(inliers.get(p, 0) >= 50 for p in retrieved) >= 0.9 * len(retrieved)
 
 
-def test_match_with_retrieval_writes_those_pairs_and_reconstructs(
+def _exhaustive_inliers(db: Path, names: list[str]) -> dict[tuple[str, str], int]:
+    """Every pair's verified inliers in the exhaustive run (0: unverified)."""
+    with MatchStore(db.with_name(db.stem + ".matches.h5"), "r") as store:
+        return {pair: store.verified_inliers(*pair) for pair in exhaustive_pairs(names)}
+
+
+def test_match_with_retrieval_writes_those_pairs_and_their_verified_neighbours_and_reconstructs(
     entry_p10: Path, exhaustive_run: Path, names: list[str], tmp_path: Path
 ) -> None:
+    """``--retrieval K``: the retrieved pairs plus one round of verified-neighbour pairs proposed from their results
+    (matching is deterministic, so the exhaustive run's results predict them); a rerun reuses every pair."""
     db = tmp_path / "retrieval.db"
     result = CliRunner().invoke(
         match_command, [str(entry_p10), "--out", str(db), "--retrieval", str(K), "--reconstruct", str(tmp_path / "sparse"),
                         *FAST]
     )
     assert result.exit_code == 0, result.output
-    assert _pairs_in(db) == set(_retrieve(exhaustive_run, names, K))
+    retrieved = _retrieve(exhaustive_run, names, K)
+    inliers = _exhaustive_inliers(exhaustive_run, names)
+    added = verified_neighbour_pairs(names, {p: inliers[p] for p in retrieved}, K, 50)
+    assert added and not set(added) & set(retrieved)
+    assert _pairs_in(db) == set(retrieved) | set(added)
     sparse = tmp_path / "sparse"
     model = pycolmap.Reconstruction(sparse if (sparse / "images.bin").is_file() else sparse / "0")  # largest model
     assert model.num_reg_images() == len(names)
+    rerun = matcher.match(entry_p10, db, "default", _overrides(max_edge=640, max_keypoints=1024, descriptor="rootsift",
+                                                               retrieval=K), overwrite=True)
+    assert rerun.pairs == len(retrieved) + len(added) == rerun.pairs_reused and rerun.pairs_added == [len(added)]
+
+
+def test_verified_neighbour_rounds_find_the_partners_top_k_misses(exhaustive_run: Path, names: list[str]) -> None:
+    """On the exhaustive run's files (which hold every pair, so nothing is matched again): 2 rounds after top-3
+    retrieval reach every pair verified with >= 50 inliers; each round adds at most N K pairs, only new ones."""
+    inliers = _exhaustive_inliers(exhaustive_run, names)
+    reference = {p for p, n in inliers.items() if n >= 50}
+    retrieved = _retrieve(exhaustive_run, names, K)
+    config = load_config("default", _overrides(max_edge=640, max_keypoints=1024, descriptor="rootsift"))
+    config.pairs = PairsConfig(strategy="retrieval", retrieval_k=K, expand_rounds=2)
+    features = exhaustive_run.with_name(exhaustive_run.stem + ".features.h5")
+    matches = exhaustive_run.with_name(exhaustive_run.stem + ".matches.h5")
+    expanded = expand_pairs(features, retrieved, matches, config.pairs, config.matching, config.verification)
+    assert expanded.computed == 0 and expanded.reused == sum(expanded.added)
+    assert len(expanded.pairs) == len(retrieved) + sum(expanded.added) and set(retrieved) <= set(expanded.pairs)
+    assert len(expanded.added) == 2 and all(0 < n <= len(names) * K for n in expanded.added)
+    assert len(reference & set(retrieved)) < 0.5 * len(reference)  # top-3 lists; images have 6-9 such partners
+    assert reference <= set(expanded.pairs)
+    again = expand_pairs(features, retrieved, matches, config.pairs, config.matching, config.verification)
+    assert again.pairs == expanded.pairs  # the same results propose the same pairs
+    config.pairs.expand_rounds = 0
+    assert expand_pairs(features, retrieved, matches, config.pairs).pairs == sorted(retrieved)
+
+
+def test_verified_neighbour_ranking_threshold_and_bound() -> None:
+    """Edges need min_inliers (b-x with 20 is not followed); candidates are neighbours of neighbours not matched
+    yet; each image proposes at most per_image, strongest paths first (the weaker edge of each path, summed)."""
+    verified = {("a", "b"): 100, ("b", "c"): 60, ("c", "d"): 80, ("a", "e"): 90, ("b", "x"): 20, ("b", "y"): 55}
+    names = ["a", "b", "c", "d", "e", "x", "y"]
+    new = verified_neighbour_pairs(names, verified, per_image=5)
+    assert set(new) == {("a", "c"), ("a", "y"), ("b", "d"), ("b", "e"), ("c", "y")}
+    assert new == sorted(new) and not any("x" in p for p in new)
+    # one proposal each: a takes c (min(100, 60) = 60) over y (55), b takes e (90) over d (60), d takes b,
+    # y takes a over c (55 each: ties by name)
+    one = verified_neighbour_pairs(names, verified, per_image=1)
+    assert one == [("a", "c"), ("a", "y"), ("b", "d"), ("b", "e")]
+    # a square p-q-s-r: each corner proposes its opposite one
+    assert verified_neighbour_pairs(["p", "q", "r", "s"], {("p", "q"): 60, ("p", "r"): 60, ("q", "s"): 60,
+                                                           ("r", "s"): 60}, per_image=1) == [("p", "s"), ("q", "r")]
+    assert verified_neighbour_pairs(names, verified, per_image=0) == []
+    assert verified_neighbour_pairs(names, verified, per_image=5, min_inliers=200) == []
+
+
+def test_expanding_pairs_that_were_not_matched_is_refused(exhaustive_run: Path, tmp_path: Path) -> None:
+    features = exhaustive_run.with_name(exhaustive_run.stem + ".features.h5")
+    MatchStore(tmp_path / "m.h5", "a").close()
+    with pytest.raises(IncompatibleDatabaseError, match="match the pairs before expanding"):
+        expand_pairs(features, [("0000.jpg", "0001.jpg")], tmp_path / "m.h5", PairsConfig(retrieval_k=2))
 
 
 def test_retrieval_combines_with_overlap(exhaustive_run: Path, names: list[str]) -> None:

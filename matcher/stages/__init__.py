@@ -4,6 +4,8 @@ composition. Each takes only its config section(s), resumes from its own output 
     extract_features(image_dir, features.h5, names, FeatureSettings(...))   -> ExtractionCounts
     make_pairs(features.h5, config.pairs, image_dir=...)                    -> [(name1, name2), ...]
     match_features(features.h5, pairs, matches.h5, config.matching, config.verification) -> MatchCounts
+    expand_pairs(features.h5, pairs, matches.h5, config.pairs, config.matching, config.verification)
+                                                    -> PairExpansion (all pairs; verified-neighbour rounds matched)
     export_database(image_dir, features.h5, matches.h5, pairs, db, config.export)        -> ExportCounts
     reconstruct(db, image_dir, out_dir, config.mapping)                     -> ReconstructionSummary
 
@@ -18,10 +20,11 @@ from matcher.stages.cache import FEATURE_SECTIONS, MATCH_SECTIONS
 from matcher.stages.export import ExportCounts, export_database
 from matcher.stages.extract import ExtractionCounts, FeatureSettings, extract_features, extract_image
 from matcher.stages.match import MatchCounts, match_features, match_pair, threshold_px, verify_matches
-from matcher.stages.pairs import make_pairs, write_pairs_file
+from matcher.stages.pairs import PairExpansion, expand_pairs, make_pairs, write_pairs_file
 
 __all__ = [
     "FEATURE_SECTIONS", "MATCH_SECTIONS", "FeatureSettings", "ExtractionCounts", "MatchCounts", "ExportCounts",
-    "extract_features", "extract_image", "make_pairs", "write_pairs_file", "match_features", "match_pair",
+    "extract_features", "extract_image", "make_pairs", "write_pairs_file", "expand_pairs", "PairExpansion",
+    "match_features", "match_pair",
     "verify_matches", "threshold_px", "export_database", "reconstruct",
 ]

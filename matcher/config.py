@@ -232,13 +232,17 @@ class MatchingConfig:
     ``precision``: dtype of the product that proposes candidates (``auto``: bfloat16 where the processor has
     native bfloat16, else float32); decisions always use float32 similarities (see matcher.matching).
     ``workers``: pairs matched and verified at once, each in its own thread with ``threads`` torch threads
-    (0: one per CPU core); the results do not depend on it."""
+    (0: one per CPU core); the results do not depend on it.
+    ``engine``: ``torch``, or ``numpy`` (float32 products by OpenCV, no torch); ``auto``: ``numpy`` for features
+    described by the OpenVINO engine (a run that never imports torch) unless ``precision = "bf16"``, else
+    ``torch`` (matcher.matching.resolve_matching_engine)."""
 
     ratio: float = 0.8
     block_size: int = 256
     threads: int = 1
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     workers: int = 0
+    engine: Literal["auto", "torch", "numpy"] = "auto"
 
     rules: ClassVar[dict[str, Rule]] = {
         "ratio": _within(0.0, 1.0), "block_size": _at_least(1), "threads": _at_least(0),

@@ -21,6 +21,12 @@ Reductions run in NumPy (repeated SIMD ``argmax``), several times faster than to
 indices on this CPU; the product runs in torch (oneDNN). Peak extra memory is ``block_size * max(N1, N2) * 6``
 bytes. The result depends only on the inputs, the configuration and the processor's bfloat16 support.
 
+``engine = "numpy"`` (:class:`matcher.config.MatchingConfig`; ``auto`` picks it for features described by the
+OpenVINO engine, see :func:`resolve_matching_engine`) is the same search without torch: float32 products by
+OpenCV's ``cv2.gemm`` (single-threaded per call, so parallel pairs do not oversubscribe the cores the way
+NumPy's threaded BLAS does) and the two best columns read straight off them, no re-scoring needed. It gives the
+all-float32 answer; a run that describes without torch then never imports it (start-up, bench/two_image_job.py).
+
 Every array larger than a few KiB lives in a per-thread workspace that is reused from pair to pair and only
 grows: allocating and freeing a dozen multi-MiB blocks per pair made glibc's heap fragment, and the process
 RSS of a 29-image run double (bench/memory_scaling.py).
@@ -28,16 +34,27 @@ RSS of a 29-image run double (bench/memory_scaling.py).
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import threading
+from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
-import torch
 
 from matcher.config import MatchingConfig
 from matcher.errors import ConfigError
 
-__all__ = ["mutual_nearest_neighbours", "similarity_dtype", "CANDIDATES"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "mutual_nearest_neighbours", "similarity_dtype", "similarity_precision", "native_bf16", "resolve_matching_engine",
+    "CANDIDATES", "MATCHING_ENGINES",
+]
+
+MATCHING_ENGINES = ("auto", "torch", "numpy")
 
 CANDIDATES = 4
 """Columns per row proposed by the (possibly bfloat16) product and re-scored in float32."""
@@ -47,37 +64,90 @@ class _Workspace(threading.local):
     """Named buffers reused across calls (one set per thread); a buffer is reallocated only to grow."""
 
     def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffers: dict[str, Any] = {}
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised contiguous tensor of ``shape`` backed by the buffer ``name``."""
+        import torch
+
         size = math.prod(shape)
         buffer = self.buffers.get(name)
         if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
             buffer = self.buffers[name] = torch.empty(max(size, 1), dtype=dtype)
         return buffer[:size].view(shape)
 
+    def array(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised contiguous float32 array of ``shape`` backed by the buffer ``name``."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if not isinstance(buffer, np.ndarray) or buffer.size < size:
+            buffer = self.buffers[name] = np.empty(max(size, 1), np.float32)
+        return buffer[:size].reshape(shape)
+
 
 _workspace = _Workspace()
 
 
+def _linux_cpu_flags() -> set[str] | None:
+    """The ``flags`` of /proc/cpuinfo (None where there is no such file)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+@functools.cache
 def native_bf16() -> bool:
-    """Whether this processor multiplies bfloat16 natively (x86 AVX512-BF16 or AMX)."""
+    """Whether this processor multiplies bfloat16 natively (x86 AVX512-BF16 or AMX tiles).
+
+    Read from /proc/cpuinfo's flags on Linux (the same CPUID bits torch's probe reads, without importing torch);
+    elsewhere torch's probe."""
+    flags = _linux_cpu_flags()
+    if flags is not None:
+        return "avx512_bf16" in flags or "amx_tile" in flags
+    import torch
+
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # private torch API: absent means unknown, so no
         return False
 
 
-def similarity_dtype(precision: str) -> torch.dtype:
-    """``fp32`` | ``bf16`` | ``auto`` -> the dtype of the candidate-proposing product."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
+def similarity_precision(precision: str) -> str:
+    """``fp32`` | ``bf16`` | ``auto`` -> ``fp32`` or ``bf16``, the precision of the candidate-proposing product."""
+    if precision in ("fp32", "bf16"):
+        return precision
     if precision == "auto":
-        return torch.bfloat16 if native_bf16() else torch.float32
+        return "bf16" if native_bf16() else "fp32"
     raise ConfigError(f"matching.precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
+
+
+def similarity_dtype(precision: str) -> torch.dtype:
+    """``fp32`` | ``bf16`` | ``auto`` -> the torch dtype of the candidate-proposing product."""
+    import torch
+
+    return torch.bfloat16 if similarity_precision(precision) == "bf16" else torch.float32
+
+
+def resolve_matching_engine(engine: str, precision: str, descriptor_engine: str | None) -> str:
+    """The matching engine that runs: ``torch`` or ``numpy``.
+
+    ``auto``: ``numpy`` for features described without torch (``descriptor_engine`` ``openvino``, the resolved
+    engine recorded with the features) unless ``precision`` asks for ``bf16``, else ``torch``. So the choice
+    follows the configuration (and the engines it resolved to), never what happens to be imported or cached.
+    """
+    if engine not in MATCHING_ENGINES:
+        raise ConfigError(f"matching.engine must be one of {', '.join(MATCHING_ENGINES)}, not {engine!r}")
+    if engine == "numpy" and precision == "bf16":
+        raise ConfigError("matching.engine = 'numpy' computes float32 products; matching.precision = 'bf16' "
+                          "needs engine 'torch' (or 'auto')")
+    if engine != "auto":
+        return engine
+    return "numpy" if descriptor_engine == "openvino" and precision != "bf16" else "torch"
 
 
 def mutual_nearest_neighbours(
@@ -89,7 +159,8 @@ def mutual_nearest_neighbours(
         desc1: (N1, D) float32, unit rows.
         desc2: (N2, D) float32, unit rows.
         config: ``ratio`` (0: off) is Lowe's test on L2 distances, ``block_size`` the rows per block,
-            ``precision`` of the candidate search, ``threads`` for torch while matching.
+            ``precision`` of the candidate search, ``threads`` for torch while matching, ``engine``: ``numpy``
+            runs the float32 search without torch (``auto`` and ``torch``: torch).
 
     Returns:
         matches (M, 2) int32 ``[i1, i2]`` sorted by i1, and scores (M,) float32 cosine similarities.
@@ -98,6 +169,13 @@ def mutual_nearest_neighbours(
     n1, n2 = desc1.shape[0], desc2.shape[0]
     if n1 == 0 or n2 == 0:
         return np.zeros((0, 2), np.int32), np.zeros((0,), np.float32)
+    engine = getattr(config, "engine", "auto")
+    if engine == "numpy":
+        resolve_matching_engine(engine, config.precision, None)  # bf16 with numpy: ConfigError
+        return _match_numpy(np.ascontiguousarray(desc1, dtype=np.float32), np.ascontiguousarray(desc2, dtype=np.float32),
+                            max(1, config.block_size), config.ratio if n2 > 1 else 0.0)
+    import torch
+
     d1 = torch.from_numpy(np.ascontiguousarray(desc1, dtype=np.float32))
     d2 = torch.from_numpy(np.ascontiguousarray(desc2, dtype=np.float32))
     dtype = similarity_dtype(config.precision)
@@ -115,6 +193,8 @@ def mutual_nearest_neighbours(
 
 def _match(d1: torch.Tensor, d2: torch.Tensor, dtype: torch.dtype, block: int,
            ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
     fast1 = _workspace.tensor("fast1", d1.shape, dtype).copy_(d1)
     fast2 = _workspace.tensor("fast2", d2.shape, dtype).copy_(d2)
     fast2_t = _workspace.tensor("fast_t", d2.shape[::-1], dtype).copy_(fast2.T)
@@ -148,6 +228,8 @@ def _nearest_two(queries: torch.Tensor, queries_fast: torch.Tensor, base: torch.
     Returns:
         similarities (Q, 2) float32, descending (the second is -inf when B = 1), and indices (Q, 2) int64.
     """
+    import torch
+
     q, b = len(queries), len(base)
     k = min(CANDIDATES, b)
     sims = np.full((q, 2), -np.inf, dtype=np.float32)
@@ -166,6 +248,49 @@ def _nearest_two(queries: torch.Tensor, queries_fast: torch.Tensor, base: torch.
         width = top.values.shape[1]
         sims[start:stop, :width] = top.values.numpy()
         index[start:stop, :width] = candidates.gather(1, top.indices).numpy()
+    return sims, index
+
+
+def _match_numpy(d1: np.ndarray, d2: np.ndarray, block: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_match` with float32 products (``cv2.gemm``) and no torch: (N1, D), (N2, D) -> matches, scores."""
+    d2_t = _workspace.array("np_t", d2.shape[::-1])
+    d2_t[...] = d2.T
+    sims, cols = _nearest_two_numpy(d1, d2_t, block)
+    keep = np.ones(len(d1), dtype=bool)
+    if ratio > 0:
+        nearest = np.maximum(2.0 - 2.0 * sims[:, 0], 0.0)
+        second = np.maximum(2.0 - 2.0 * sims[:, 1], 0.0)
+        keep = nearest <= ratio**2 * second
+    candidates = np.flatnonzero(keep)
+    columns = np.unique(cols[candidates, 0])
+    col_best_row = np.full(len(d2), -1, dtype=np.int64)
+    if len(columns):
+        d1_t = _workspace.array("np_t", d1.shape[::-1])
+        d1_t[...] = d1.T
+        _, rows = _nearest_two_numpy(np.ascontiguousarray(d2[columns]), d1_t, block)
+        col_best_row[columns] = rows[:, 0]
+    mutual = candidates[col_best_row[cols[candidates, 0]] == candidates]
+    matches = np.stack([mutual, cols[mutual, 0]], axis=1).astype(np.int32)
+    return matches, sims[mutual, 0].astype(np.float32)
+
+
+def _nearest_two_numpy(queries: np.ndarray, base_t: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two base columns most similar to each query row: (Q, D) and (D, B) float32 -> similarities (Q, 2)
+    float32 descending (the second -inf when B = 1) and indices (Q, 2) int64."""
+    q, b = len(queries), base_t.shape[1]
+    sims = np.full((q, 2), -np.inf, dtype=np.float32)
+    index = np.zeros((q, 2), dtype=np.int64)
+    product = _workspace.array("np_product", (min(block, q), b))
+    for start in range(0, q, block):
+        stop = min(start + block, q)
+        rows = np.arange(stop - start)
+        p = product[: stop - start]
+        cv2.gemm(queries[start:stop], base_t, 1.0, None, 0.0, dst=p)
+        for j in range(min(2, b)):
+            best = p.argmax(axis=1)
+            sims[start:stop, j] = p[rows, best]
+            index[start:stop, j] = best
+            p[rows, best] = -np.inf
     return sims, index
 
 

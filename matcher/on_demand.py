@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from matcher.config import PipelineConfig
 from matcher.detect import Keypoints
@@ -198,6 +197,8 @@ def match_pools(
     n1, n2 = len(desc1), len(desc2)
     if n1 == 0 or n2 < 2:
         return np.zeros((0, 2), np.int32), np.zeros((0,), np.float32)
+    import torch  # here only: importing this module (the export stage does) must not load torch
+
     d1 = torch.from_numpy(np.ascontiguousarray(desc1, np.float32))
     d2 = torch.from_numpy(np.ascontiguousarray(desc2, np.float32))
     k = min(candidates, n2)

@@ -64,7 +64,7 @@ def once(build: Callable[[], R]) -> Callable[[], R]:
 
 def extraction_workers() -> int:
     """Images in flight at extraction: 2 when this run may use at least 2 threads (``--threads``, which sets
-    torch's thread count), else 1 (nothing overlapped)."""
-    import torch
+    torch's thread count, or :func:`matcher.threads.compute_threads` without torch), else 1 (nothing overlapped)."""
+    from matcher.threads import compute_threads
 
-    return 2 if torch.get_num_threads() >= 2 else 1
+    return 2 if compute_threads() >= 2 else 1

@@ -16,6 +16,7 @@ import kornia.feature as KF
 
 from matcher.config import PatchConfig
 from matcher.detect import Keypoints
+from matcher.patch_sampler import DEFAULT_MAGNIFICATION
 
 __all__ = [
     "PATCH_SIZE",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 PATCH_SIZE = PatchConfig.patch_size  # the pipeline's patch side, set in config.py; a model checks it against its input
-DEFAULT_MAGNIFICATION = 6.0  # patch half-width in sigmas where neither the configuration nor a model sets one
+# DEFAULT_MAGNIFICATION: patch half-width in sigmas where neither the configuration nor a model sets one
 
 
 def image_to_tensor(gray: np.ndarray) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,12 +27,12 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-import torch
 
 from matcher.colmap_db import camera_params
 from matcher.colmap_legacy_db import schema_name
 from matcher.config import PipelineConfig, config_to_toml, validate_config
-from matcher.descriptors import load_sdgmnet
+from matcher.descriptors import check_weights
+from matcher.descriptors.engines import resolve_engine
 from matcher.errors import ConfigError, DatabaseExistsError, NoImagesError, StorageError
 from matcher.images import list_images, scan_folder
 from matcher.output_lock import OutputLock
@@ -45,7 +46,7 @@ from matcher.stages import (
     match_features,
 )
 from matcher.stages.cache import fingerprint
-from matcher.threads import thread_budget
+from matcher.threads import set_compute_threads, thread_budget
 from matcher.undistortion import UndistortSummary, undistort
 
 __all__ = ["OutputPaths", "RunReport", "run_match", "feature_settings", "FEATURE_SECTIONS", "MATCH_SECTIONS"]
@@ -188,7 +189,7 @@ def _check_inputs(config: PipelineConfig, names: list[str], reconstruct_dir: Pat
     if config.pairs.strategy == "file" and config.pairs.pairs_file:
         read_pairs_file(Path(config.pairs.pairs_file), names)
     if config.descriptor.name == "sdgmnet":
-        load_sdgmnet(config.descriptor.weights)  # bad types, NaN weights: ModelWeightsError before any write
+        check_weights(config.descriptor)  # bad types, NaN weights: ModelWeightsError before any write
     if ray:
         from matcher.distributed import require_ray
 
@@ -239,7 +240,11 @@ def run_match(
         raise DatabaseExistsError(f"{paths.database}: is a folder, not a database file")
     # Validate the descriptor (weights present) and the COLMAP version before touching any file.
     report.database_schema = schema_name(config.export.colmap_version)
-    torch.manual_seed(config.mapping.seed)
+    if _extraction_needs_torch(config):
+        import torch  # noqa: F401
+    torch = sys.modules.get("torch")  # no stage draws from torch's generator; seeded as before where torch runs
+    if torch is not None:
+        torch.manual_seed(config.mapping.seed)
     np.random.seed(config.mapping.seed)
 
     report.images_found = len(names)
@@ -249,7 +254,8 @@ def run_match(
 
     paths.config.write_text(config_to_toml(config, header=f"matcher configuration of {paths.database.name}"))
     t0 = time.perf_counter()
-    with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads):
+    with _thread_limits(budget, explicit=threads is not None and threads > 0, record=report.threads,
+                        torch_needed=_extraction_needs_torch(config)):
         extracted = extract_features(image_dir, paths.features, names, feature_settings(config),
                                      overwrite=overwrite, progress=progress, ray=ray)
     report.images_used, report.images_reused = extracted.used, extracted.reused
@@ -320,17 +326,38 @@ def _check_outputs_options(
 
 
 @contextmanager
-def _thread_limits(budget: int, explicit: bool, record: dict[str, int]) -> Iterator[None]:
+def _thread_limits(budget: int, explicit: bool, record: dict[str, int], torch_needed: bool = True) -> Iterator[None]:
     """torch and OpenCV threads for a block: ``budget`` when asked for explicitly, else at most ``budget``
-    (their own defaults may be lower: torch counts physical cores); restored afterwards. Recorded in ``record``."""
-    torch_before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
-    torch_threads = budget if explicit else min(torch_before, budget)
+    (their own defaults may be lower: torch counts physical cores); restored afterwards. Recorded in ``record``.
+
+    torch's setting is made only when ``torch_needed`` or torch is loaded already (a run on the OpenVINO engine
+    never imports it); code without torch reads the number from :func:`matcher.threads.compute_threads`."""
+    if torch_needed:
+        import torch  # noqa: F401 (loaded here so that its threads are set for the block)
+    torch = sys.modules.get("torch")
+    cv2_before = cv2.getNumThreads()
     cv2_threads = budget if explicit or cv2_before <= 0 else min(cv2_before, budget)
-    torch.set_num_threads(torch_threads)
     cv2.setNumThreads(cv2_threads)
-    record.update(budget=budget, torch=torch.get_num_threads(), opencv=cv2.getNumThreads())
+    torch_before = torch.get_num_threads() if torch is not None else 0
+    if torch is not None:
+        torch.set_num_threads(budget if explicit else min(torch_before, budget))
+    compute = torch.get_num_threads() if torch is not None else budget
+    set_compute_threads(compute)
+    record.update(budget=budget, torch=compute, opencv=cv2.getNumThreads())  # "torch": numerical threads
     try:
         yield
     finally:
-        torch.set_num_threads(torch_before)
+        set_compute_threads(None)
+        if torch is not None:
+            torch.set_num_threads(torch_before)
         cv2.setNumThreads(cv2_before)
+
+
+def _extraction_needs_torch(config: PipelineConfig) -> bool:
+    """Whether extraction runs torch: sdgmnet on the torch engine (configured, or OpenVINO not installed), or
+    affine shapes (kornia). The OpenVINO engine and rootsift run without it."""
+    if config.detection.affine:
+        return True
+    descriptor = config.descriptor
+    return descriptor.name == "sdgmnet" and resolve_engine(descriptor.engine, descriptor.device) == "torch"
+

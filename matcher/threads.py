@@ -8,8 +8,11 @@ for fewer threads (torch reads it too). ``--threads N`` (``threads=N`` in the Py
 from __future__ import annotations
 
 import os
+import sys
 
-__all__ = ["available_cpus", "thread_budget"]
+__all__ = ["available_cpus", "thread_budget", "compute_threads", "set_compute_threads"]
+
+_compute_threads: list[int] = []  # the budget a running pipeline set (set_compute_threads), for code without torch
 
 
 def available_cpus() -> int:
@@ -36,3 +39,18 @@ def thread_budget(requested: int | None = None) -> int:
     omp = _omp_num_threads()
     cpus = available_cpus()
     return min(cpus, omp) if omp else cpus
+
+
+def set_compute_threads(threads: int | None) -> None:
+    """Record the threads numerical work of this run may use (None: forget it); see :func:`compute_threads`."""
+    _compute_threads[:] = [] if threads is None else [int(threads)]
+
+
+def compute_threads() -> int:
+    """Threads for numerical work (the OpenVINO engine, overlapped extraction): torch's setting when torch is
+    loaded (the pipeline sets it to the run's budget), else the budget recorded by :func:`set_compute_threads`,
+    else :func:`thread_budget`. Never imports torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        return int(torch.get_num_threads())
+    return _compute_threads[0] if _compute_threads else thread_budget()

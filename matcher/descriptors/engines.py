@@ -11,29 +11,45 @@ An engine maps patches ``(N, 1, 32, 32)`` float32 in [0, 1] to descriptors ``(N,
 * ``auto``: ``openvino`` when it is installed and the device is the CPU, else ``torch``.
 
 Any failure to import, convert or compile an optional engine logs one warning and falls back to torch, so a
-run never fails because of an accelerator. ``precision``: ``auto`` is bfloat16 where the processor has native
+run never fails because of an accelerator; the engine recorded with the features (:func:`resolved_engine`) is
+the one that runs, compilation included. ``precision``: ``auto`` is bfloat16 where the processor has native
 bfloat16 (AVX512-BF16 or AMX, the probe of :mod:`matcher.matching`), float32 elsewhere.
+
+Without torch: :func:`openvino_engine_of_file` builds the OpenVINO engine of a weights *file* from a cache entry
+keyed by the file's bytes (its manifest keeps the file's metadata), so a run whose engine is ``openvino`` never
+imports torch once the entry exists (the first run on a machine loads the weights with torch and converts them
+once). This module imports torch only where an engine needs it.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
-from matcher.descriptors.sdgmnet import PATCH_SIZE, SDGMNet
-from matcher.errors import ConfigError
+from matcher.errors import ConfigError, MatcherError
 from matcher.matching import native_bf16
+
+if TYPE_CHECKING:
+    import torch
+
+    from matcher.descriptors.sdgmnet import SDGMNet
+
+PATCH_SIZE = 32  # SDGMNet's input side and output size (matcher.descriptors.sdgmnet's, without importing torch)
+DESCRIPTOR_DIM = 128
 
 __all__ = [
     "ENGINES",
@@ -44,7 +60,10 @@ __all__ = [
     "OpenVINOEngine",
     "build_engine",
     "cache_dir",
+    "has_cached_ir_of_file",
+    "openvino_engine_of_file",
     "openvino_usable",
+    "resolved_engine",
     "resolve_device",
     "resolve_engine",
     "resolve_precision",
@@ -68,6 +87,12 @@ class Engine(Protocol):
     def __call__(self, patches: torch.Tensor) -> torch.Tensor: ...
 
 
+def _torch():  # noqa: ANN202 (the torch module)
+    import torch
+
+    return torch
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` | ``fp32`` | ``bf16`` -> ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it natively)."""
     if precision == "auto":
@@ -77,8 +102,26 @@ def resolve_precision(precision: str) -> str:
     raise ConfigError(f"descriptor.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
+def _cpu_only_torch() -> bool:
+    """Whether the installed torch is a CPU-only build (its version's ``+cpu`` tag, read without importing it)."""
+    try:
+        return importlib.metadata.version("torch").endswith("+cpu") and sys.platform != "darwin"
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def device_is_cpu(device: str) -> bool:
+    """Whether ``device`` resolves to the CPU (:func:`resolve_device`), without importing a CPU-only torch."""
+    if device == "cpu" or (device == "auto" and _cpu_only_torch()):
+        return True
+    if device not in DEVICES:
+        raise ConfigError(f"descriptor.device must be one of {', '.join(DEVICES)}, not {device!r}")
+    return resolve_device(device).type == "cpu"
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA, else MPS, else CPU (whatever this torch build has); other names as given."""
+    torch = _torch()
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -133,7 +176,7 @@ def resolve_engine(engine: str, device: str = "auto") -> str:
     if engine not in ENGINES:
         raise ConfigError(f"descriptor.engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if engine == "auto":
-        return "openvino" if resolve_device(device).type == "cpu" and openvino_usable() else "torch"
+        return "openvino" if device_is_cpu(device) and openvino_usable() else "torch"
     if engine == "openvino" and not openvino_usable():
         return "torch"
     return engine
@@ -163,6 +206,7 @@ class TorchEngine:
     name = "torch"
 
     def __init__(self, model: SDGMNet, precision: str = "fp32", batch_size: int = 256, device: str = "cpu") -> None:
+        torch = _torch()
         self.precision = resolve_precision(precision)
         self.device = resolve_device(device)
         self.batch_size = batch_size
@@ -172,6 +216,7 @@ class TorchEngine:
 
     def __call__(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, 1, 32, 32) float -> (N, 128) float32 unit rows (on the CPU)."""
+        torch = _torch()
         out = []
         with torch.inference_mode():
             for i in range(0, patches.shape[0], self.batch_size):
@@ -186,6 +231,7 @@ def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
     """Trace the network's module path (FRN and TLU as separate ops) and save OpenVINO IR in ``folder``."""
     import openvino as ov
 
+    torch = _torch()
     net = copy.deepcopy(model).float().eval()
     for p in net.parameters():
         p.requires_grad_(False)
@@ -198,7 +244,7 @@ def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
 
 
 def _load_cached_ir(folder: Path):
-    """The IR in ``folder`` if its manifest and file hashes agree, else None."""
+    """(IR, manifest) in ``folder`` if its manifest and file hashes agree, else None."""
     import openvino as ov
 
     try:
@@ -206,7 +252,7 @@ def _load_cached_ir(folder: Path):
         for name in ("model.xml", "model.bin"):
             if hashlib.sha256((folder / name).read_bytes()).hexdigest() != manifest["sha256"][name]:
                 return None
-        return ov.Core().read_model(str(folder / "model.xml"))
+        return ov.Core().read_model(str(folder / "model.xml")), manifest
     except Exception:  # missing, unreadable or corrupt: rebuilt by the caller
         return None
 
@@ -218,34 +264,65 @@ def openvino_ir(model: SDGMNet, batch_size: int, root: Path | None = None):
     it is written to a temporary folder and renamed, and a manifest of file hashes lets a corrupt or
     half-written entry be detected and rebuilt.
     """
+    ir, folder, hit, _ = _cached_ir(f"{weights_digest(model)}", lambda: (model, {}), batch_size, root)
+    return ir, folder, hit
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def _entry_key(identity: str, batch_size: int) -> str:
+    import openvino as ov
+
+    return hashlib.sha256(f"{IR_FORMAT}|{identity}|{ov.get_version()}|{batch_size}".encode()).hexdigest()[:32]
+
+
+def has_cached_ir_of_file(weights_path: Path, batch_size: int = 256, root: Path | None = None) -> bool:
+    """Whether the IR cache holds an intact entry converted from this weights file's bytes (so the file was
+    loaded and checked by :func:`matcher.descriptors.weights.load_sdgmnet` when it was written)."""
+    folder = (root or cache_dir()) / "openvino" / _entry_key(f"file:{_file_sha256(Path(weights_path))}", batch_size)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        return all(hashlib.sha256((folder / n).read_bytes()).hexdigest() == manifest["sha256"][n]
+                   for n in ("model.xml", "model.bin"))
+    except Exception:  # missing, unreadable or corrupt
+        return False
+
+
+def _cached_ir(identity: str, load: Callable[[], tuple[SDGMNet, dict]], batch_size: int, root: Path | None):
+    """(IR, its folder, cache hit, manifest) of the network ``identity`` names; ``load()`` gives the network and
+    the metadata to keep in the manifest, and is called only when the entry must be (re)built."""
     import openvino as ov
 
     root = (root or cache_dir()) / "openvino"
-    key = hashlib.sha256(
-        f"{IR_FORMAT}|{weights_digest(model)}|{ov.get_version()}|{batch_size}".encode()
-    ).hexdigest()[:32]
+    key = _entry_key(identity, batch_size)
     folder = root / key
-    ir = _load_cached_ir(folder) if folder.exists() else None
-    if ir is not None:
-        return ir, folder, True
+    found = _load_cached_ir(folder) if folder.exists() else None
+    if found is not None:
+        return found[0], folder, True, found[1]
     if folder.exists():
         log.warning("rebuilding the OpenVINO cache entry %s (corrupt or incomplete)", folder)
         shutil.rmtree(folder, ignore_errors=True)
+    model, meta = load()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
     try:
         _convert_to_ir(model, batch_size, tmp)
         digests = {n: hashlib.sha256((tmp / n).read_bytes()).hexdigest() for n in ("model.xml", "model.bin")}
-        (tmp / "manifest.json").write_text(json.dumps({"format": IR_FORMAT, "openvino": ov.get_version(),
-                                                       "batch_size": batch_size, "sha256": digests}))
+        manifest = {"format": IR_FORMAT, "openvino": ov.get_version(), "batch_size": batch_size, "sha256": digests,
+                    "meta": json.loads(json.dumps(meta, default=str)), "patch_size": int(model.patch_size),
+                    "descriptor_dim": int(model.descriptor_dim)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest))
         try:
             tmp.rename(folder)
         except OSError:  # another process wrote the same entry first: use ours, leave theirs
-            return ov.Core().read_model(str(tmp / "model.xml")), tmp, False
+            return ov.Core().read_model(str(tmp / "model.xml")), tmp, False, manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ov.Core().read_model(str(folder / "model.xml")), folder, False
+    return ov.Core().read_model(str(folder / "model.xml")), folder, False, manifest
 
 
 class OpenVINOEngine:
@@ -254,21 +331,39 @@ class OpenVINOEngine:
     Patches are sent in static batches of ``batch_size`` (the last one zero-padded) to as many parallel infer
     requests as OpenVINO finds optimal; each batch's result lands in its own rows, so the output does not
     depend on the order in which requests finish.
+
+    Built from a network (``model``; torch) or from a weights file (``weights_path``: the IR cache entry of the
+    file's bytes, no torch when it exists; :func:`openvino_engine_of_file`). ``meta``: the weights file's
+    metadata (empty when built from a network).
     """
 
     name = "openvino"
 
-    def __init__(self, model: SDGMNet, precision: str = "fp32", batch_size: int = 256,
-                 cache_root: Path | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: SDGMNet | None = None, precision: str = "fp32", batch_size: int = 256,
+                 cache_root: Path | None = None, threads: int | None = None, *,
+                 weights_path: Path | None = None) -> None:
         import openvino as ov
+
+        from matcher.threads import compute_threads
 
         self.precision = resolve_precision(precision)
         self.batch_size = batch_size
-        ir, self.cache_path, self.cache_hit = openvino_ir(model, batch_size, cache_root)
+        if model is not None:
+            ir, self.cache_path, self.cache_hit = openvino_ir(model, batch_size, cache_root)
+            self.meta: dict[str, Any] = {}
+            self.patch_size, self.dim = int(model.patch_size), int(model.descriptor_dim)
+        elif weights_path is not None:
+            ir, self.cache_path, self.cache_hit, manifest = _cached_ir(
+                f"file:{_file_sha256(Path(weights_path))}", lambda: _load_weights(weights_path), batch_size, cache_root)
+            self.meta = dict(manifest.get("meta", {}))
+            self.patch_size = int(manifest.get("patch_size", PATCH_SIZE))
+            self.dim = int(manifest.get("descriptor_dim", DESCRIPTOR_DIM))
+        else:
+            raise ValueError("OpenVINOEngine needs a model or a weights_path")
         config = {
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+            "INFERENCE_NUM_THREADS": int(threads or compute_threads()),
         }
         core = ov.Core()
         # OpenVINO's own cache of compiled blobs (keyed by OpenVINO on the model, device and config): a second
@@ -276,15 +371,24 @@ class OpenVINOEngine:
         core.set_property({"CACHE_DIR": str(Path(cache_root or cache_dir()) / "openvino" / "compiled")})
         self.compiled = core.compile_model(ir, "CPU", config)
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.dim = SDGMNet.descriptor_dim
 
-    def __call__(self, patches: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 32, 32) float -> (N, 128) float32 unit rows."""
-        x = patches.detach().float().cpu().numpy()
+    def __call__(self, patches: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """(N, 1, 32, 32) float -> (N, 128) float32 unit rows: a NumPy array for a NumPy input (no torch), a
+        tensor for a tensor."""
+        as_tensor = not isinstance(patches, np.ndarray)
+        x = patches.detach().float().cpu().numpy() if as_tensor else np.asarray(patches, np.float32)
         n, bs = x.shape[0], self.batch_size
         out = np.empty((n, self.dim), np.float32)
-        if n == 0:
-            return torch.from_numpy(out)
+        if n > 0:
+            self._infer(x, out)
+        if as_tensor:
+            torch = _torch()
+            return torch.nn.functional.normalize(torch.from_numpy(out), dim=1)
+        # torch.nn.functional.normalize's rule, x / max(|x|, 1e-12), in NumPy
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+
+    def _infer(self, x: np.ndarray, out: np.ndarray) -> None:
+        n, bs = x.shape[0], self.batch_size
         # Plain infer requests, results copied by this thread: no Python callback runs on OpenVINO's threads.
         # (With AsyncInferQueue callbacks, destroying the compiled model could deadlock: its destructor holds
         # the GIL while joining a worker thread that waits for the GIL to release the callback.)
@@ -310,7 +414,56 @@ class OpenVINOEngine:
             in_flight[slot] = (requests[slot], start)
         for slot in range(len(requests)):
             collect(slot)
-        return torch.nn.functional.normalize(torch.from_numpy(out), dim=1)
+
+
+def _load_weights(path: Path) -> tuple[SDGMNet, dict]:
+    from matcher.descriptors.weights import load_sdgmnet
+
+    return load_sdgmnet(str(path))
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+_file_engines: dict[tuple, OpenVINOEngine | str] = {}  # key -> the engine, or why it could not be built
+_file_engines_lock = threading.Lock()
+
+
+def openvino_engine_of_file(weights_path: Path, precision: str = "auto", batch_size: int = 256,
+                            cache_root: Path | None = None) -> OpenVINOEngine | None:
+    """The OpenVINO engine of a weights file (without torch when its IR cache entry exists), built once per
+    process and settings; None, after one warning, when OpenVINO is not usable or fails to convert or compile
+    it. A bad weights file raises its ModelWeightsError (it is not an engine failure)."""
+    if not openvino_usable():
+        return None
+    from matcher.threads import compute_threads
+
+    path = Path(weights_path)
+    key = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size, resolve_precision(precision), batch_size,
+           str(cache_root or cache_dir()), compute_threads())
+    with _file_engines_lock:
+        if key not in _file_engines:
+            try:
+                _file_engines[key] = OpenVINOEngine(None, precision, batch_size, cache_root, weights_path=path)
+            except MatcherError:
+                raise
+            except Exception as exc:  # conversion or compilation error: the torch reference still runs
+                _file_engines[key] = _reason(exc)
+                log.warning("OpenVINO engine unavailable (%s); using torch", _file_engines[key])
+        built = _file_engines[key]
+    return built if isinstance(built, OpenVINOEngine) else None
+
+
+def resolved_engine(engine: str, device: str, weights_path: Path | None, precision: str = "auto",
+                    batch_size: int = 256) -> str:
+    """The engine that runs for these settings: :func:`resolve_engine`, and ``torch`` when OpenVINO imports but
+    cannot build this weights file's network (so the features' recorded engine is the one that ran)."""
+    chosen = resolve_engine(engine, device)
+    if chosen == "openvino" and weights_path is not None:
+        if openvino_engine_of_file(weights_path, precision, batch_size) is None:
+            return "torch"
+    return chosen
 
 
 def build_engine(model: SDGMNet, engine: str = "auto", precision: str = "auto", batch_size: int = 256,
@@ -324,7 +477,6 @@ def build_engine(model: SDGMNet, engine: str = "auto", precision: str = "auto", 
         try:
             return OpenVINOEngine(model, precision, batch_size, cache_root)
         except Exception as exc:  # missing package, conversion or compilation error: the reference still runs
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            log.warning("OpenVINO engine unavailable (%s); using torch", reason)
+            log.warning("OpenVINO engine unavailable (%s); using torch", _reason(exc))
         return TorchEngine(model, precision, batch_size, "cpu")
     return TorchEngine(model, precision, batch_size, "cpu" if engine == "openvino" else device)

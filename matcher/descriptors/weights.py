@@ -10,13 +10,13 @@ and the patch magnification the model was trained with). The network's variant (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from matcher.descriptors.sdgmnet import SDGMNet, channels_of_state_dict
 from matcher.errors import ModelWeightsError
 from matcher.shipped import resolve_shipped, shipped_names
+
+if TYPE_CHECKING:
+    from matcher.descriptors.sdgmnet import SDGMNet
 
 __all__ = ["FORMAT", "shipped_models", "resolve_weights", "load_sdgmnet", "save_sdgmnet"]
 
@@ -35,6 +35,10 @@ def resolve_weights(name_or_path: str) -> Path:
 
 def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
     """Load an SDGMNet in eval mode and its metadata."""
+    import torch
+
+    from matcher.descriptors.sdgmnet import SDGMNet, channels_of_state_dict
+
     path = resolve_weights(name_or_path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -60,6 +64,8 @@ def load_sdgmnet(name_or_path: str) -> tuple[SDGMNet, dict[str, Any]]:
 
 def save_sdgmnet(model: SDGMNet, path: Path, meta: dict[str, Any]) -> None:
     """Write weights (fp32 state dict) and metadata atomically."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}

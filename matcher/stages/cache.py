@@ -16,12 +16,12 @@ from typing import Any
 
 from matcher.descriptors import descriptor_settings, resolve_weights
 from matcher.errors import IncompatibleDatabaseError, StorageError
-from matcher.matching import similarity_dtype
+from matcher.matching import resolve_matching_engine, similarity_precision
 from matcher.storage import ensure_space
 
 __all__ = [
-    "FEATURE_SECTIONS", "MATCH_SECTIONS", "fingerprint", "match_fingerprint", "feature_settings", "make_folder", "open_cache",
-    "same_content_groups",
+    "FEATURE_SECTIONS", "MATCH_SECTIONS", "fingerprint", "match_fingerprint", "matching_engine", "feature_settings",
+    "make_folder", "open_cache", "same_content_groups",
 ]
 
 FEATURE_SECTIONS = ("images", "detection", "patches", "descriptor")
@@ -29,14 +29,20 @@ MATCH_SECTIONS = FEATURE_SECTIONS + ("matching", "verification")
 _MATCH_ONLY = ("matching", "verification")
 
 
-def _section_data(name: str, section: Any) -> dict:
+def _section_data(name: str, section: Any, descriptor_engine: str | None = None) -> dict:
     data = dict(section.__dict__)  # a copy: the config is not touched
     if name == "descriptor":
         data.pop("batch_size", None)  # does not change results
     if name == "matching":
         for key in ("threads", "workers"):
             data.pop(key, None)
-        data["precision"] = str(similarity_dtype(section.precision))  # ``auto`` as what it resolves to
+        engine = resolve_matching_engine(getattr(section, "engine", "auto"), section.precision, descriptor_engine)
+        if engine == "torch":  # recorded as before the numpy engine existed: torch's caches stay valid
+            data.pop("engine", None)
+            # ``auto`` as what it resolves to (torch's dtype names, as recorded since the first release)
+            data["precision"] = "torch.bfloat16" if similarity_precision(section.precision) == "bf16" else "torch.float32"
+        else:
+            data.update(engine=engine, precision="fp32")
     return data
 
 
@@ -45,7 +51,7 @@ def fingerprint(sections: dict[str, Any], masks: str = "") -> str:
 
     ``masks``: :func:`matcher.masks.masks_digest` of the run (the masks' content, not their folder's path).
     """
-    data = {name: _section_data(name, section) for name, section in sections.items()}
+    data = {name: _section_data(name, section) for name, section in sections.items() if name != "matching"}
     if "images" in data and data["images"].pop("mask_dir", ""):
         data["masks_sha256"] = masks
     descriptor = sections.get("descriptor")
@@ -53,14 +59,29 @@ def fingerprint(sections: dict[str, Any], masks: str = "") -> str:
         path = resolve_weights(descriptor.weights)
         data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         data["descriptor"].update(descriptor_settings(descriptor), bf16=None)  # auto -> resolved
+    if "matching" in sections:  # its engine follows the descriptor engine that ran (``auto``)
+        data["matching"] = _section_data("matching", sections["matching"], _descriptor_engine(data))
     return json.dumps(data, sort_keys=True)
+
+
+def _descriptor_engine(data: dict) -> str | None:
+    """The descriptor engine recorded in fingerprint data (None: rootsift, or no descriptor section)."""
+    descriptor = data.get("descriptor") or {}
+    return descriptor.get("engine") if descriptor.get("name") == "sdgmnet" else None
+
+
+def matching_engine(features_fingerprint: str, matching: Any) -> str:
+    """The matching engine (``torch`` or ``numpy``) for features of this fingerprint under ``matching``."""
+    return resolve_matching_engine(getattr(matching, "engine", "auto"), matching.precision,
+                                   _descriptor_engine(json.loads(features_fingerprint)))
 
 
 def match_fingerprint(features_fingerprint: str, matching: Any, verification: Any) -> str:
     """The matches file's fingerprint: the features file's plus the ``matching`` and ``verification`` sections
     (equal to :func:`fingerprint` over :data:`MATCH_SECTIONS`)."""
     data = json.loads(features_fingerprint)
-    data.update(matching=_section_data("matching", matching), verification=_section_data("verification", verification))
+    data.update(matching=_section_data("matching", matching, _descriptor_engine(data)),
+                verification=_section_data("verification", verification))
     return json.dumps(data, sort_keys=True)
 
 

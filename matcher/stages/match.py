@@ -12,6 +12,7 @@ or Ray workers computed them, so the file does not depend on them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import OrderedDict, deque
@@ -21,14 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from matcher.config import MatchingConfig, VerificationConfig
 from matcher.errors import IncompatibleDatabaseError
 from matcher.matching import mutual_nearest_neighbours
 from matcher.pairs import read_pairs_file
 from matcher.progress import progress_bar
-from matcher.stages.cache import feature_settings, match_fingerprint, open_cache
+from matcher.stages.cache import feature_settings, match_fingerprint, matching_engine, open_cache
 from matcher.storage import FeatureStore, ImageFeatures, MatchStore, PairMatches, escape_name
 from matcher.threads import thread_budget
 from matcher.verify import verify_pair
@@ -105,11 +105,17 @@ def _local_results(
     max_edge: int, workers: int,
 ) -> Iterator[tuple[tuple[str, str], PairMatches]]:
     """``matching.workers`` pairs at once in threads (torch, NumPy and OpenCV release the GIL), each with
-    ``matching.threads`` torch threads; results in pair order, with a bounded look-ahead."""
-    threads = matching.threads if matching.threads > 0 else torch.get_num_threads()
-    previous_threads = torch.get_num_threads()
+    ``matching.threads`` torch threads (torch engine; the numpy engine's products are single-threaded); results
+    in pair order, with a bounded look-ahead."""
+    if matching.engine == "numpy":  # no torch: nothing to set
+        set_threads, previous_threads, threads = (lambda _: None), 0, 0
+    else:
+        import torch
+
+        set_threads, previous_threads = torch.set_num_threads, torch.get_num_threads()
+        threads = matching.threads if matching.threads > 0 else previous_threads
     # Set once for the phase (the setting is process-wide): each call then finds it and leaves it alone.
-    pool = ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(threads,))
+    pool = ThreadPoolExecutor(workers, initializer=set_threads, initargs=(threads,))
     pending: deque[tuple[tuple[str, str], Future[PairMatches]]] = deque()
     try:
         for name1, name2 in todo:
@@ -123,7 +129,7 @@ def _local_results(
             yield pair, future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(previous_threads)
+        set_threads(previous_threads)
 
 
 def match_features(
@@ -168,6 +174,8 @@ def match_features(
                 raise IncompatibleDatabaseError(f"{features_path}: no features of {name} (named in the pairs)")
             content[name] = str(features.file[escape_name(name)].attrs.get("content", ""))
         key = match_fingerprint(features.file.attrs["fingerprint"], matching, verification)
+        # ``auto`` as what it resolves to for these features (numpy after the OpenVINO descriptor engine)
+        matching = dataclasses.replace(matching, engine=matching_engine(features.file.attrs["fingerprint"], matching))
         counts = MatchCounts(pairs=len(pairs))
         with open_cache(MatchStore, Path(matches_path), key, overwrite) as store:
             todo = []

@@ -65,6 +65,20 @@ def test_ray_run_writes_the_local_database(tiny: Path, config, cluster: Path, re
     assert again.images_reused == 4 and again.pairs_reused == 6  # the Ray run's files resume like a local run's
 
 
+def test_ray_run_with_verified_neighbour_pairs_writes_the_local_database(tiny: Path, cluster: Path,
+                                                                        tmp_path: Path) -> None:
+    """``--retrieval 2``: 5 retrieved pairs, then 1 verified-neighbour pair proposed from their results; with Ray
+    the same pairs, the same database, and a rerun reuses all of them."""
+    config = load_config("rootsift", [{"detection": {"max_keypoints": 512}},
+                                      {"pairs": {"strategy": "retrieval", "retrieval_k": 2}}])
+    local = run_match(tiny, tmp_path / "local.db", config, progress=False)
+    on_ray = run_match(tiny, tmp_path / "ray.db", config, progress=False, ray="auto")
+    assert local.pairs_added == on_ray.pairs_added == [1] and local.pairs == on_ray.pairs == 6
+    assert _dump(tmp_path / "ray.db") == _dump(tmp_path / "local.db")
+    again = run_match(tiny, tmp_path / "ray.db", config, progress=False, ray="auto", overwrite=True)
+    assert again.pairs_reused == 6 and again.pairs_added == [1]
+
+
 def test_killed_workers_tasks_are_retried_and_the_database_is_the_same(
     tiny: Path, config, cluster: Path, reference: dict, tmp_path: Path  # noqa: ANN001
 ) -> None:

@@ -6,26 +6,31 @@ the repository) and reused; a size N is its first N views (a folder of symbolic 
 
 For every size, in a fresh process (so its peak memory is its own), the stages of :mod:`matcher.stages` run in
 turn on the N views: ``extract_features`` -> ``make_pairs`` (``--retrieval K``, plus ``--overlap N`` sequential
-neighbours when given) -> ``match_features`` (mutual nearest neighbours + MAGSAC++) -> ``export_database`` ->
-``reconstruct`` (``--mapper``, default incremental). Reported per stage: wall time and the peak resident memory
+neighbours when given) -> ``match_features`` (mutual nearest neighbours + MAGSAC++) -> ``expand_pairs``
+(``--rounds`` verified-neighbour rounds, default the config's ``pairs.expand_rounds``, each matched) ->
+``export_database`` -> ``reconstruct`` (``--mapper``, default incremental). Reported per stage: wall time and the peak resident memory
 while it ran (``VmRSS`` sampled every 50 ms by a thread, plus the kernel's high-water mark ``VmHWM`` reset at
 each stage start; the larger is shown). With ``--ray`` the same sizes run again with ``ray="auto"`` (a local
 Ray cluster of ``--ray-workers`` CPUs started by the child) up to the export (mapping is the same pycolmap run on
 the driver; ``--ray-map`` maps them too); the peak then also counts the Ray processes started under the child
-(sum of their RSS, sampled).
+(sum of their RSS, sampled). Before mapping, the RSS that pycolmap's ``DatabaseCache`` of the database adds (what
+the incremental mapper loads first: cameras, images with their keypoints, the correspondence graph) is measured
+on its own, and after it the model's 3D points and observations, so the mapping stage's memory can be read
+against what pycolmap holds.
 
 Quality per size: registered views, and the pose error of the largest model against the known cameras after
 a similarity alignment (:func:`matcher.evaluation.synthetic_scene.compare_to_scene`). Where exhaustive
 matching is affordable (N <= ``--exhaustive-up-to``, default 100), a second child matches every pair on the
-same features and the retrieval recall is reported: retrieved pairs among the pairs exhaustive matching
-verifies with >= ``--min-inliers`` (50) inliers, and the oracle ceiling (each view's top K by those inlier
-counts: no top-K retrieval can do better when views have more than K true partners).
+same features and the retrieval recall is reported: the run's pairs (top-K, and top-K plus the verified-neighbour
+rounds) among the pairs exhaustive matching verifies with >= ``--min-inliers`` (50) inliers, and the oracle
+ceiling of top-K (each view's top K by those inlier counts: no top-K list can do better when views have more
+than K true partners).
 
 Times are wall clock on a shared machine (the load average is printed at each size); compare within a run.
 
 Run from the repository root:
-    python bench/scale.py [--sizes 100 300 1000] [--preset rootsift] [--retrieval 10] [--overlap 0]
-        [--mapper incremental] [--max-keypoints 1024] [--ray | --ray-only] [--threads 2] [--collection 1000]
+    python bench/scale.py [--sizes 100 300 1000] [--preset rootsift] [--retrieval 10] [--rounds 1] [--overlap 0]
+        [--mapper incremental] [--no-map] [--max-keypoints 1024] [--ray | --ray-only] [--threads 2] [--collection 1000]
         [--json FILE]
 """
 
@@ -49,7 +54,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-STAGES = ("extract", "pairs", "match", "export", "map")
+STAGES = ("extract", "pairs", "match", "expand", "export", "map")
 
 
 # ----------------------------------------------------------------------------------------------------- memory
@@ -132,7 +137,7 @@ class Sampler(threading.Thread):
         print(f"  {record['images']} views{' Ray' if record['ray'] else ''}: {name} {record[f'{name}_s']:.1f} s, "
               f"peak {record[f'{name}_peak_mib']:.0f} MiB, load {common.load_average()}", flush=True)
         if partial is not None:
-            partial.write_text(json.dumps({k: v for k, v in record.items() if k != "pairs_list"}))
+            partial.write_text(json.dumps({k: v for k, v in record.items() if not k.endswith("_list")}))
 
 
 # ------------------------------------------------------------------------------------------------------ child
@@ -154,7 +159,7 @@ def _config(args: dict[str, Any], strategy: str) -> Any:
 
     pairs: dict[str, Any] = {"strategy": strategy}
     if strategy != "exhaustive":
-        pairs.update(retrieval_k=args["retrieval"])
+        pairs.update(retrieval_k=args["retrieval"], expand_rounds=args["rounds"])
         if args["overlap"] > 0:
             pairs.update(strategy="sequential", overlap=args["overlap"])
     return load_config(args["preset"], [{
@@ -173,7 +178,7 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
 
     from matcher.evaluation.synthetic_scene import compare_to_scene, load_scene
     from matcher.stages import (
-        FeatureSettings, export_database, extract_features, make_pairs, match_features, reconstruct,
+        FeatureSettings, expand_pairs, export_database, extract_features, make_pairs, match_features, reconstruct,
     )
 
     image_dir_p, work_p = Path(image_dir), Path(work)
@@ -200,6 +205,12 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
     with sampler.stage(record, "match", partial):
         match_features(features, pairs, matches, config.matching, config.verification, threads=args["threads"],
                        ray=address)
+    top_k = pairs
+    with sampler.stage(record, "expand", partial):
+        expanded = expand_pairs(features, pairs, matches, config.pairs, config.matching, config.verification,
+                                threads=args["threads"], ray=address)
+    pairs = expanded.pairs
+    record.update(top_k_pairs=len(top_k), added_pairs=expanded.added)
     with sampler.stage(record, "export", partial):
         exported = export_database(image_dir_p, features, matches, pairs, db, config.export, names=used)
     if ray:
@@ -207,9 +218,12 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
 
         ray_module.shutdown()
     record.update(pairs=len(pairs), verified_pairs=exported.pairs_verified, pairs_list=[list(p) for p in pairs],
+                  top_k_list=[list(p) for p in top_k],
                   inlier_matches=exported.database.get("inlier_matches", 0), registered=0)
-    if not ray or args["ray_map"]:
-        partial.write_text(json.dumps({k: v for k, v in record.items() if k != "pairs_list"}))
+    if not ray:
+        record.update(database_cache_mib=database_cache_mib(db), rss_before_map_mib=_rss_kib("self") / 1024.0)
+    if (not ray or args["ray_map"]) and not args["no_map"]:
+        partial.write_text(json.dumps({k: v for k, v in record.items() if not k.endswith("_list")}))
         with sampler.stage(record, "map", partial):
             summary = reconstruct(db, image_dir_p, work_p / "sparse", config.mapping)
         record["registered"] = summary.registered_images
@@ -221,7 +235,9 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
 
     if record["registered"] >= 3:
         scene = load_scene(Path(collection))
-        comparison = compare_to_scene(pycolmap.Reconstruction(model_path(work_p / "sparse")), scene)
+        model = pycolmap.Reconstruction(model_path(work_p / "sparse"))
+        comparison = compare_to_scene(model, scene)
+        record.update(points3d=model.num_points3D(), observations=int(model.compute_num_observations()))
         record.update(rotation_median_deg=float(np.median(comparison.rotation_deg)),
                       rotation_max_deg=float(comparison.rotation_deg.max()),
                       position_median_mm=1000 * float(np.median(comparison.position_m)),
@@ -229,8 +245,26 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
     return record
 
 
+def database_cache_mib(db: Path) -> float:
+    """RSS (MiB) that pycolmap's DatabaseCache of ``db`` adds while it is held: what the incremental mapper loads
+    before it starts (cameras, images and keypoints, the correspondence graph of the verified pairs)."""
+    import gc
+
+    import pycolmap
+
+    from matcher.colmap_log import quiet_colmap
+
+    before = _rss_kib("self")
+    with quiet_colmap(), pycolmap.Database.open(db) as database:
+        cache = pycolmap.DatabaseCache.create(database, pycolmap.DatabaseCacheOptions())
+        held = _rss_kib("self")
+        del cache
+    gc.collect()
+    return (held - before) / 1024.0
+
+
 def run_exhaustive(image_dir: str, features_from: str, work: str, args: dict[str, Any],
-                   retrieved: list[list[str]]) -> dict[str, Any]:
+                   retrieved: list[list[str]], top_k: list[list[str]]) -> dict[str, Any]:
     """In a fresh process: every pair matched on a copy of the retrieval run's features; recall of retrieval."""
     common.set_threads(args["threads"])
     from matcher.stages import make_pairs, match_features
@@ -255,12 +289,14 @@ def run_exhaustive(image_dir: str, features_from: str, work: str, args: dict[str
             inliers[index[a], index[b]] = inliers[index[b], index[a]] = m.num_inliers if m.model != "none" else 0
     reference = {(a, b) for a, b in pairs if inliers[index[a], index[b]] >= args["min_inliers"]}
     got = {tuple(p) for p in retrieved}
+    got_top_k = {tuple(p) for p in top_k}
     k = args["retrieval"]
     np.fill_diagonal(inliers, -1)
     ranking = np.argsort(-inliers, axis=1, kind="stable")[:, :k]
     oracle = {tuple(sorted((names[i], names[j]))) for i in range(len(names)) for j in ranking[i]}
     return dict(exhaustive_pairs=len(pairs), exhaustive_s=seconds, reference_pairs=len(reference),
                 recall=len(reference & got) / max(1, len(reference)),
+                top_k_recall=len(reference & got_top_k) / max(1, len(reference)),
                 oracle_recall=len(reference & oracle) / max(1, len(reference)),
                 partners_median=float(np.median((inliers >= args["min_inliers"]).sum(axis=1))))
 
@@ -306,35 +342,54 @@ def tables(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         pose = (f"{r['rotation_median_deg']:.3f} / {r['rotation_max_deg']:.3f}" if "rotation_median_deg" in r else "-")
         position = (f"{r['position_median_mm']:.1f} / {r['position_max_mm']:.1f}" if "position_median_mm" in r
                     else "-")
-        rows.append([r["images"], "Ray x" + str(args.ray_workers) if r["ray"] else "local",
+        pairs = (f"{r.get('pairs', '-')} ({' + '.join(map(str, [r['top_k_pairs'], *r['added_pairs']]))})" if "top_k_pairs" in r
+                 else r.get("pairs", "-"))
+        if "error" in r:
+            rows.append([r["images"], "Ray" if r["ray"] else "local", f"failed: {r['error'][:80]}",
+                         *["-"] * (len(STAGES) + 8)])
+            continue
+        rows.append([r["images"], ("Ray x" + str(args.ray_workers) if r["ray"] else "local")
+                     + (" (features of the Ray run)" if r.get("features_from_ray") else ""),
                      *(common.fmt_s(r[f"{s}_s"]) if f"{s}_s" in r
                        else f"> {r['stopped_stage_s']:.0f} (stopped)" if r.get("stopped_stage") == s else "-"
                        for s in STAGES),
-                     common.fmt_s(r["total_s"]), r.get("pairs", "-"), r.get("verified_pairs", "-"),
+                     common.fmt_s(r["total_s"]), pairs, r.get("verified_pairs", "-"),
                      r.get("inlier_matches", "-"),
                      common.fmt_mib(r["whole_peak_mib"]),
                      f"{r['registered']}/{r['images']}" if "map_s" in r else "-", pose, position,
                      r.get("load_before", "-").split()[0]])
     out = [common.markdown_table(
-        ["views", "run", "extract s", "pairs s", "match+verify s", "export s", "map s", "total s", "pairs",
+        ["views", "run", "extract s", "pairs s", "match+verify s", "expand (+ match) s", "export s", "map s",
+         "total s", "pairs (top-K + per round)",
          "verified", "inlier matches", "peak RSS MiB", "registered", "rotation err. median / max (deg)",
          "position err. median / max (mm)", "load"], rows)]
     mem = [[r["images"], "Ray" if r["ray"] else "local",
             *(common.fmt_mib(r[f"{s}_peak_mib"]) if f"{s}_peak_mib" in r else "-" for s in STAGES)]
-           for r in records]
+           for r in records if "error" not in r]
     out.append("\nPeak RSS per stage (MiB" + (", Ray runs: the child and the Ray processes it started" if args.ray
                                               else "") + "):\n")
     out.append(common.markdown_table(["views", "run", *STAGES], mem))
+    mapped = [[r["images"], common.fmt_mib(r["rss_before_map_mib"]), common.fmt_mib(r["database_cache_mib"]),
+               common.fmt_mib(r["map_peak_mib"]) if "map_peak_mib" in r else "(not mapped)",
+               r.get("inlier_matches", "-"), r.get("points3d", "-"), r.get("observations", "-")]
+              for r in records if "database_cache_mib" in r]
+    if mapped:
+        out.append("\nMapping memory (MiB): RSS before mapping, what pycolmap's DatabaseCache of the database adds "
+                   "on its own, the mapping stage's peak, against the database's inlier matches and the model:\n")
+        out.append(common.markdown_table(["views", "RSS before map", "DatabaseCache", "map peak", "inlier matches",
+                                          "3D points", "observations"], mapped))
     recall = [[r["images"], r["exhaustive_pairs"], common.fmt_s(r["exhaustive_s"]), r["reference_pairs"],
-               f"{r['partners_median']:.0f}", r["pairs"], f"{100 * r['recall']:.1f} %",
-               f"{100 * r['oracle_recall']:.1f} %"] for r in records if "recall" in r]
+               f"{r['partners_median']:.0f}", r["top_k_pairs"], f"{100 * r['top_k_recall']:.1f} %",
+               f"{100 * r['oracle_recall']:.1f} %", r["pairs"], f"{100 * r['pairs'] / r['exhaustive_pairs']:.1f} %",
+               f"{100 * r['recall']:.1f} %"] for r in records if "recall" in r]
     if recall:
         out.append(f"\nRetrieval (K = {args.retrieval}" + (f", + {args.overlap} sequential" if args.overlap else "")
-                   + f") against exhaustive matching (reference: pairs verified with >= {args.min_inliers} "
-                   "inliers):\n")
+                   + f", {args.rounds} verified-neighbour round(s)) against exhaustive matching (reference: pairs "
+                   f"verified with >= {args.min_inliers} inliers):\n")
         out.append(common.markdown_table(
             ["views", "exhaustive pairs", "exhaustive match s", "reference pairs", "partners / view (median)",
-             "retrieved pairs", "recall", "oracle top-K recall"], recall))
+             "top-K pairs", "top-K recall", "oracle top-K recall", "pairs with the rounds", "of exhaustive",
+             "recall with the rounds"], recall))
     return "\n".join(out)
 
 
@@ -343,6 +398,8 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 300, 1000])
     p.add_argument("--preset", default="rootsift")
     p.add_argument("--retrieval", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="verified-neighbour rounds after the top-K pairs (default: pairs.expand_rounds)")
     p.add_argument("--overlap", type=int, default=0)
     p.add_argument("--mapper", choices=["incremental", "global"], default="incremental")
     p.add_argument("--max-keypoints", type=int, default=1024)
@@ -351,13 +408,22 @@ def main() -> None:
     p.add_argument("--collection", type=int, help="views of the rendered street (default: the largest size)")
     p.add_argument("--ray", action="store_true", help="also run every size on a local Ray cluster")
     p.add_argument("--ray-only", action="store_true", help="only the Ray runs")
+    p.add_argument("--ray-first", action="store_true", help="with --ray: each size's Ray run before its local run")
+    p.add_argument("--local-from-ray", type=int, nargs="*", default=[], metavar="N",
+                   help="with --ray-first: at these sizes the local run starts from a copy of the Ray run's features.h5 "
+                        "(its extraction stage then only checks the file: the time of a full local run is not measured)")
     p.add_argument("--ray-workers", type=int, default=2)
     p.add_argument("--ray-map", action="store_true", help="map the Ray runs' databases too (same as local)")
+    p.add_argument("--no-map", action="store_true", help="no mapping (local runs either)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "matcher-bench")
     p.add_argument("--json", type=Path, help="also write the records here")
     p.add_argument("--deadline", help="HH:MM (UTC) or +SECONDS: stop a size still running then, report its finished stages")
     args = p.parse_args()
+    if args.rounds is None:
+        from matcher.config import PairsConfig
+
+        args.rounds = PairsConfig().expand_rounds
     deadline = None
     if args.deadline and args.deadline.startswith("+"):
         deadline = time.time() + float(args.deadline[1:])
@@ -376,17 +442,30 @@ def main() -> None:
     collection = args.cache / f"street-{total}"
     street_collection(collection, total)
     print(f"collection: {total} views in {time.perf_counter() - t0:.0f} s (0 s when cached)", flush=True)
-    options = {k: getattr(args, k) for k in ("preset", "retrieval", "overlap", "mapper", "max_keypoints",
-                                             "min_inliers", "threads", "ray_workers", "ray_map")}
+    options = {k: getattr(args, k) for k in ("preset", "retrieval", "rounds", "overlap", "mapper", "max_keypoints",
+                                             "min_inliers", "threads", "ray_workers", "ray_map", "no_map")}
     records = []
-    modes = ([True] if args.ray_only else [False, True] if args.ray else [False])
+    modes = ([True] if args.ray_only else ([True, False] if args.ray_first else [False, True]) if args.ray else [False])
     with tempfile.TemporaryDirectory(prefix="scale-", dir=args.cache) as tmp:
         for n in args.sizes:
             image_dir = subset(collection, n, args.cache)
             for ray in modes:
                 work = Path(tmp) / f"{n}-{'ray' if ray else 'local'}"
+                ray_features = Path(tmp) / f"{n}-ray" / "features.h5"
+                from_ray = not ray and n in args.local_from_ray and ray_features.is_file()
+                if from_ray:
+                    work.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(ray_features, work / "features.h5")
                 started = time.time()
-                record = run_until(deadline, run_size, str(collection), str(image_dir), str(work), options, ray)
+                try:
+                    record = run_until(deadline, run_size, str(collection), str(image_dir), str(work), options, ray)
+                except RuntimeError as exc:  # a failed size does not end the benchmark
+                    print(f"  {n} views{' Ray' if ray else ''}: failed: {exc}", flush=True)
+                    records.append({"images": n, "ray": ray, "error": str(exc)[:500], "total_s": float("nan"),
+                                    "whole_peak_mib": float("nan")})
+                    continue
+                if record is not None:
+                    record["features_from_ray"] = from_ray
                 if record is None:  # stopped at the deadline: the stages it finished
                     partial = work / "record.json"
                     record = json.loads(partial.read_text()) if partial.is_file() else {"images": n, "ray": ray}
@@ -394,7 +473,7 @@ def main() -> None:
                     if live.get("stage") and f"{live['stage']}_s" not in record:  # the stage that was cut short
                         record.update(stopped_stage=live["stage"], stopped_stage_s=live["seconds"],
                                       **{f"{live['stage']}_peak_mib": live["peak_mib"]})
-                    record.update(stopped_after_s=time.time() - started, pairs_list=[])
+                    record.update(stopped_after_s=time.time() - started, pairs_list=[], top_k_list=[])
                     record.setdefault("whole_peak_mib", max([v for k, v in record.items() if k.endswith("_peak_mib")],
                                                             default=float("nan")))
                     record["total_s"] = sum(record.get(f"{s}_s", 0.0) for s in STAGES)
@@ -402,8 +481,8 @@ def main() -> None:
                 elif not ray and n <= args.exhaustive_up_to:
                     record.update(common.run_in_child(run_exhaustive, str(image_dir), str(work / "features.h5"),
                                                       str(Path(tmp) / f"{n}-exhaustive"), options,
-                                                      record["pairs_list"]))
-                del record["pairs_list"]
+                                                      record["pairs_list"], record["top_k_list"]))
+                del record["pairs_list"], record["top_k_list"]
                 records.append(record)
                 print(json.dumps(record), flush=True)
                 if args.json:

@@ -12,10 +12,15 @@ For each scene (default ``castle-P30``, ``lund``, ``monstree`` of ../shared/data
    95 %. Beside it the **oracle**: the same top-K union when each image ranks the others by the exhaustive
    run's own inlier counts, the ceiling of any top-K retrieval (an image with more than K reference partners
    can only get the rest from their own top-K lists). Where the photos carry EXIF GPS, the recall of
-   ``--retrieval K --gps G`` (``--gps``, default 3) too.
-3. **Retrieval run**: ``run_match`` with ``pairs.strategy = "retrieval"``, ``retrieval_k`` = ``--k`` (10) in a
-   second folder that starts with a copy of the exhaustive features.h5 (extraction is not repeated; every
-   retrieved pair is matched anew), then the same mapping. Registered images of the largest model are compared.
+   ``--retrieval K --gps G`` (``--gps``, default 3) too. For each K also the pairs and recall after the
+   verified-neighbour rounds (``--rounds``, default the config's ``pairs.expand_rounds``;
+   :mod:`matcher.retrieval_expansion`) that ``match --retrieval K`` runs after matching the top-K pairs,
+   proposed from the exhaustive run's results of the pairs matched so far (matching is deterministic, so these
+   are the pairs the run matches; the run below checks it at ``--k``).
+3. **Retrieval run**: ``run_match`` with ``pairs.strategy = "retrieval"``, ``retrieval_k`` = ``--k`` (10) and
+   ``expand_rounds`` = ``--rounds`` in a second folder that starts with a copy of the exhaustive features.h5
+   (extraction is not repeated; every pair is matched anew), then the same mapping. Its recall is that of the
+   pairs it matched (the groups of its matches.h5); registered images of the largest model are compared.
 
 Times are wall clock on a shared 2-core machine: compare them within a scene (load average printed).
 
@@ -32,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,22 +57,40 @@ def reference_pairs(matches_h5: Path, pairs: list[tuple[str, str]], min_inliers:
         }
 
 
-def oracle_ranking(matches_h5: Path, names: list[str]) -> np.ndarray:
+def exhaustive_inliers(matches_h5: Path, names: list[str]) -> dict[tuple[str, str], int]:
+    """Every pair's verified inliers in the exhaustive run (0: unverified)."""
+    from matcher.pairs import exhaustive_pairs
+    from matcher.storage import MatchStore
+
+    with MatchStore(matches_h5, "r") as store:
+        return {(a, b): store.verified_inliers(a, b) for a, b in exhaustive_pairs(names)}
+
+
+def oracle_ranking(inliers: dict[tuple[str, str], int], names: list[str]) -> np.ndarray:
     """(N, N - 1): each image's others by the exhaustive run's verified inlier count, most first (ties: index).
 
     The best any top-K retrieval could do: its recall at K bounds every retrieval's recall at K.
     """
-    from matcher.pairs import exhaustive_pairs
-    from matcher.storage import MatchStore
-
     index = {name: i for i, name in enumerate(names)}
-    inliers = np.zeros((len(names), len(names)))
-    with MatchStore(matches_h5, "r") as store:
-        for a, b in exhaustive_pairs(names):
-            pair = store.read(a, b)
-            inliers[index[a], index[b]] = inliers[index[b], index[a]] = pair.num_inliers if pair.model != "none" else 0
-    np.fill_diagonal(inliers, -1)
-    return np.argsort(-inliers, axis=1, kind="stable")[:, : len(names) - 1]
+    table = np.zeros((len(names), len(names)))
+    for (a, b), n in inliers.items():
+        table[index[a], index[b]] = table[index[b], index[a]] = n
+    np.fill_diagonal(table, -1)
+    return np.argsort(-table, axis=1, kind="stable")[:, : len(names) - 1]
+
+
+def expanded(names: list[str], pairs: set[tuple[str, str]], inliers: dict[tuple[str, str], int], k: int,
+             rounds: int, min_inliers: int) -> set[tuple[str, str]]:
+    """``pairs`` and the verified-neighbour rounds after them, each proposed from the results so far."""
+    from matcher.retrieval_expansion import verified_neighbour_pairs
+
+    matched = {p: inliers[p] for p in pairs}
+    for _ in range(rounds):
+        new = verified_neighbour_pairs(names, matched, k, min_inliers)
+        if not new:
+            break
+        matched.update({p: inliers[p] for p in new})
+    return set(matched)
 
 
 def run(image_dir: Path, db: Path, config: Any) -> tuple[Any, float]:
@@ -114,13 +138,18 @@ def bench_scene(scene: str, args: argparse.Namespace, workdir: Path) -> dict[str
         out["retrieval_pairs_s"] = time.perf_counter() - t0
         codebook = learn_codebook(names, read, words=args.words)
         ranking = top_k_neighbours(global_descriptors(names, read, codebook), len(names) - 1)
-    oracle = oracle_ranking(ex_db.with_name("exhaustive.matches.h5"), names)
+    inliers = exhaustive_inliers(ex_db.with_name("exhaustive.matches.h5"), names)
+    oracle = oracle_ranking(inliers, names)
     recall: dict[int, dict[str, Any]] = {}
     for k in range(1, len(names)):
         pairs = set(pairs_from_neighbours(names, ranking[:, :k]))
         best = set(pairs_from_neighbours(names, oracle[:, :k]))
         recall[k] = dict(pairs=len(pairs), found=len(reference & pairs), oracle=len(reference & best),
                          missed=sorted(reference - pairs))
+        if k in args.ks:
+            grown = expanded(names, pairs, inliers, k, args.rounds, config.pairs.expand_min_inliers)
+            recall[k].update(expanded_pairs=len(grown), expanded_found=len(reference & grown),
+                             expanded_missed=sorted(reference - grown))
     out["recall"] = recall
     out["k95"] = next((k for k in recall if recall[k]["found"] >= 0.95 * len(reference)), None)
     out["k95_oracle"] = next((k for k in recall if recall[k]["oracle"] >= 0.95 * len(reference)), None)
@@ -130,12 +159,20 @@ def bench_scene(scene: str, args: argparse.Namespace, workdir: Path) -> dict[str
         out["gps"] = dict(located=len(positions), pairs=len(with_gps), found=len(reference & with_gps))
 
     config.pairs.strategy, config.pairs.retrieval_k, config.pairs.retrieval_words = "retrieval", args.k, args.words
+    config.pairs.expand_rounds = args.rounds
     rt_db = workdir / scene / "retrieval.db"
     shutil.copy(features_h5, rt_db.with_name("retrieval.features.h5"))
+    rt_db.with_name("retrieval.matches.h5").unlink(missing_ok=True)  # its groups are then the run's pairs
     rt_report, out["retrieval_s"] = run(image_dir, rt_db, config)
+    with h5py.File(rt_db.with_name("retrieval.matches.h5"), "r") as f:
+        matched = {tuple(name.replace("%2F", "/").replace("%25", "%") for name in key.split("|")) for key in f.keys()}
+    out.update(run_pairs=len(matched), run_found=len(reference & matched), run_added=rt_report.pairs_added,
+               run_as_predicted=matched == expanded(names, set(pairs_from_neighbours(names, ranking[:, : args.k])),
+                                                    inliers, args.k, args.rounds, config.pairs.expand_min_inliers))
     out.update(retrieval_pairs=rt_report.pairs, retrieval_registered=rt_report.reconstruction.registered_images,
                retrieval_match_s=rt_report.timings["match"], load_end=common.load_average(),
-               reused=ex_report.pairs_reused == ex_report.pairs and rt_report.pairs_reused == rt_report.pairs)
+               exhaustive_reused=ex_report.pairs_reused == ex_report.pairs,
+               retrieval_reused=rt_report.pairs_reused == rt_report.pairs)
     return out
 
 
@@ -163,6 +200,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10, help="K of the retrieval run")
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20], help="K values for the recall table")
     parser.add_argument("--words", type=int, default=64, help="codebook size (pairs.retrieval_words)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="verified-neighbour rounds after the top-K pairs (default: pairs.expand_rounds)")
     parser.add_argument("--gps", type=int, default=3, help="G of the --retrieval K --gps G recall column")
     parser.add_argument("--min-inliers", type=int, default=50, help="inliers of a reference pair")
     parser.add_argument("--mapper", choices=["incremental", "global"], default=None,
@@ -177,6 +216,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.k not in args.ks:
         args.ks = sorted(set(args.ks) | {args.k})
+    if args.rounds is None:
+        from matcher.config import PairsConfig
+
+        args.rounds = PairsConfig().expand_rounds
 
     common.set_threads(args.threads)
     print(common.machine_notes())
@@ -200,6 +243,7 @@ def main() -> None:
     headers = ["scene", "images", "exhaustive pairs", f"reference pairs (>= {args.min_inliers} inliers)",
                "reference pairs per image (min-median-max)"]
     headers += [f"K={k}: pairs, recall (oracle)" for k in args.ks]
+    headers += [f"K={k} + {args.rounds} verified-neighbour round(s): pairs, recall" for k in args.ks]
     headers += [f"K={args.k} + GPS {args.gps}: pairs, recall", "smallest K with recall >= 95 % (oracle)",
                 f"retrieval time K={args.k} (s)"]
     rows = []
@@ -210,6 +254,13 @@ def main() -> None:
             share = rec["found"] / r["reference"] if r["reference"] else 1.0
             best = rec["oracle"] / r["reference"] if r["reference"] else 1.0
             row.append(f"{rec['pairs']}, {100 * share:.1f} % ({100 * best:.1f} %)")
+        for k in args.ks:
+            rec = r["recall"][min(k, r["images"] - 1)]
+            if "expanded_pairs" not in rec:
+                row.append("-")
+                continue
+            share = rec["expanded_found"] / r["reference"] if r["reference"] else 1.0
+            row.append(f"{rec['expanded_pairs']}, {100 * share:.1f} %")
         gps = r.get("gps")
         row.append(f"{gps['pairs']}, {100 * gps['found'] / max(1, r['reference']):.1f} % ({gps['located']} with GPS)"
                    if gps else "no GPS")
@@ -218,19 +269,27 @@ def main() -> None:
         rows.append(row)
     print(common.markdown_table(headers, rows))
 
-    print(f"\n### Reconstruction: exhaustive pairs against --retrieval {args.k}\n")
-    headers = ["scene", "mapper", "pairs matched (exhaustive / retrieval)", "registered (exhaustive)",
+    print(f"\n### Reconstruction: exhaustive pairs against --retrieval {args.k} ({args.rounds} verified-neighbour "
+          "round(s))\n")
+    headers = ["scene", "mapper", "pairs matched (exhaustive / retrieval: top-K + added per round)",
+               "recall of the run's pairs", "as predicted", "registered (exhaustive)",
                "registered (retrieval)", "matching time (s, exhaustive / retrieval)", "load average (start / end)"]
-    rows = [[r["scene"], r["mapper"], f"{r['exhaustive_pairs']} / {r['retrieval_pairs']}",
+    rows = [[r["scene"], r["mapper"],
+             f"{r['exhaustive_pairs']} / {r['retrieval_pairs']} ({' + '.join(map(str, [r['run_pairs'] - sum(r['run_added']), *r['run_added']]))})",
+             f"{100 * r['run_found'] / max(1, r['reference']):.1f} %", "yes" if r["run_as_predicted"] else "NO",
              f"{r['exhaustive_registered']}/{r['images']}", f"{r['retrieval_registered']}/{r['images']}",
-             "(reused from --workdir)" if r["reused"] else f"{r['exhaustive_match_s']:.1f} / {r['retrieval_match_s']:.1f}",
+             " / ".join("(reused from --workdir)" if r[f"{side}_reused"] else f"{r[f'{side}_match_s']:.1f}"
+                        for side in ("exhaustive", "retrieval")),
              f"{r['load_start']} / {r['load_end']}"]
             for r in results]
     print(common.markdown_table(headers, rows))
     for r in results:
-        missed = r["recall"][min(args.k, r["images"] - 1)]["missed"]
-        if missed:
-            print(f"\n{r['scene']}: reference pairs missed at K={args.k}: " + ", ".join(f"{a}-{b}" for a, b in missed))
+        rec = r["recall"][min(args.k, r["images"] - 1)]
+        if rec["missed"]:
+            print(f"\n{r['scene']}: reference pairs missed at K={args.k}: " + ", ".join(f"{a}-{b}" for a, b in rec["missed"]))
+        if rec.get("expanded_missed"):
+            print(f"{r['scene']}: missed at K={args.k} after the verified-neighbour rounds: "
+                  + ", ".join(f"{a}-{b}" for a, b in rec["expanded_missed"]))
 
 
 if __name__ == "__main__":

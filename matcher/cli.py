@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from tqdm import tqdm
 
 from matcher.config import available_presets, load_config, parse_override
 from matcher.errors import MatcherError
@@ -19,7 +18,9 @@ __all__ = ["main", "match_command"]
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stderr)
+        from matcher.progress import write_line
+
+        write_line(self.format(record))
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:

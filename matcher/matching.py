@@ -21,11 +21,13 @@ Reductions run in NumPy (repeated SIMD ``argmax``), several times faster than to
 indices on this CPU; the product runs in torch (oneDNN). Peak extra memory is ``block_size * max(N1, N2) * 6``
 bytes. The result depends only on the inputs, the configuration and the processor's bfloat16 support.
 
-``engine = "numpy"`` (:class:`matcher.config.MatchingConfig`; ``auto`` picks it for features described by the
-OpenVINO engine, see :func:`resolve_matching_engine`) is the same search without torch: float32 products by
-OpenCV's ``cv2.gemm`` (single-threaded per call, so parallel pairs do not oversubscribe the cores the way
-NumPy's threaded BLAS does) and the two best columns read straight off them, no re-scoring needed. It gives the
-all-float32 answer; a run that describes without torch then never imports it (start-up, bench/two_image_job.py).
+``engine = "numpy"`` (:class:`matcher.config.MatchingConfig`; ``auto`` picks it for small runs on features
+described by the OpenVINO engine, see :func:`resolve_matching_engine`) is the same search without torch: float32
+products by OpenCV's ``cv2.gemm`` (single-threaded per call, so parallel pairs do not oversubscribe the cores the
+way NumPy's threaded BLAS does) and the two best columns read straight off them, no re-scoring needed. It gives
+the all-float32 answer (the same matches as torch's on every real pair measured) and a small run that describes
+without torch then never imports it (start-up, bench/two_image_job.py); its products are 3-4x slower than
+torch's bfloat16 ones on a CPU with AMX, so large runs keep torch.
 
 Every array larger than a few KiB lives in a per-thread workspace that is reused from pair to pair and only
 grows: allocating and freeing a dozen multi-MiB blocks per pair made glibc's heap fragment, and the process
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "mutual_nearest_neighbours", "similarity_dtype", "similarity_precision", "native_bf16", "resolve_matching_engine",
-    "CANDIDATES", "MATCHING_ENGINES",
+    "CANDIDATES", "MATCHING_ENGINES", "NUMPY_MAX_PAIRS",
 ]
 
 MATCHING_ENGINES = ("auto", "torch", "numpy")
@@ -133,12 +135,20 @@ def similarity_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if similarity_precision(precision) == "bf16" else torch.float32
 
 
-def resolve_matching_engine(engine: str, precision: str, descriptor_engine: str | None) -> str:
+NUMPY_MAX_PAIRS = 36
+"""``matching.engine = "auto"`` matches runs of at most this many pairs (9 images, exhaustive) without torch.
+Importing torch costs about 2 s (4x that under load); torch's bfloat16 product saves about 0.2 s per pair of
+4,096 keypoints under load (lund, 66 pairs: 31.5 s with numpy, 17.1 s with torch; bench/RESULTS.md)."""
+
+
+def resolve_matching_engine(engine: str, precision: str, descriptor_engine: str | None,
+                            pairs: int | None = None) -> str:
     """The matching engine that runs: ``torch`` or ``numpy``.
 
-    ``auto``: ``numpy`` for features described without torch (``descriptor_engine`` ``openvino``, the resolved
-    engine recorded with the features) unless ``precision`` asks for ``bf16``, else ``torch``. So the choice
-    follows the configuration (and the engines it resolved to), never what happens to be imported or cached.
+    ``auto``: ``numpy`` for a run of at most :data:`NUMPY_MAX_PAIRS` ``pairs`` whose features were described
+    without torch (``descriptor_engine`` ``openvino``, the resolved engine recorded with the features), unless
+    ``precision`` asks for ``bf16``; else ``torch``. So the choice follows the configuration and the inputs
+    (never what happens to be imported or cached), and is recorded in the matches file's fingerprint.
     """
     if engine not in MATCHING_ENGINES:
         raise ConfigError(f"matching.engine must be one of {', '.join(MATCHING_ENGINES)}, not {engine!r}")
@@ -147,7 +157,8 @@ def resolve_matching_engine(engine: str, precision: str, descriptor_engine: str 
                           "needs engine 'torch' (or 'auto')")
     if engine != "auto":
         return engine
-    return "numpy" if descriptor_engine == "openvino" and precision != "bf16" else "torch"
+    small = pairs is not None and pairs <= NUMPY_MAX_PAIRS
+    return "numpy" if small and descriptor_engine == "openvino" and precision != "bf16" else "torch"
 
 
 def mutual_nearest_neighbours(

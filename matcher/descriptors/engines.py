@@ -93,6 +93,24 @@ def _torch():  # noqa: ANN202 (the torch module)
     return torch
 
 
+def _openvino():  # noqa: ANN202 (the openvino module)
+    """``import openvino`` without its model-conversion tools: the package imports ``openvino.tools.ovc`` (and
+    NumPy's masked arrays) when that is importable, 0.3-0.6 s of start-up that only a conversion needs
+    (:func:`_convert_to_ir` imports it then). An import error propagates as from ``import openvino``."""
+    module = sys.modules.get("openvino")
+    if module is not None:
+        return module
+    hide = "openvino.tools.ovc" not in sys.modules
+    if hide:
+        sys.modules["openvino.tools.ovc"] = None  # seen by openvino/__init__ as not installed (it allows that)
+    try:
+        import openvino
+    finally:
+        if hide and "openvino.tools.ovc" in sys.modules and sys.modules["openvino.tools.ovc"] is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
+
+
 def resolve_precision(precision: str) -> str:
     """``auto`` | ``fp32`` | ``bf16`` -> ``fp32`` or ``bf16`` (``auto``: bf16 where the CPU has it natively)."""
     if precision == "auto":
@@ -159,7 +177,7 @@ def openvino_usable() -> bool:
     if "ok" in _openvino_probe:
         return True
     try:
-        import openvino as ov
+        ov = _openvino()
 
         if "CPU" not in ov.Core().available_devices:
             raise RuntimeError("no CPU device")
@@ -229,8 +247,9 @@ class TorchEngine:
 
 def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
     """Trace the network's module path (FRN and TLU as separate ops) and save OpenVINO IR in ``folder``."""
-    import openvino as ov
+    from openvino.tools.ovc import convert_model
 
+    ov = _openvino()
     torch = _torch()
     net = copy.deepcopy(model).float().eval()
     for p in net.parameters():
@@ -239,13 +258,13 @@ def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
     with torch.enable_grad(), warnings.catch_warnings():  # the traced path: plain FRN/TLU modules, no in-place ops
         warnings.simplefilter("ignore")  # TracerWarning on the input-shape check, which the static shape makes moot
         traced = torch.jit.trace(net, example, check_trace=False)
-        ir = ov.convert_model(traced, example_input=example)
+        ir = convert_model(traced, example_input=example)
     ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
 
 
 def _load_cached_ir(folder: Path):
     """(IR, manifest) in ``folder`` if its manifest and file hashes agree, else None."""
-    import openvino as ov
+    ov = _openvino()
 
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -274,7 +293,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _entry_key(identity: str, batch_size: int) -> str:
-    import openvino as ov
+    ov = _openvino()
 
     return hashlib.sha256(f"{IR_FORMAT}|{identity}|{ov.get_version()}|{batch_size}".encode()).hexdigest()[:32]
 
@@ -294,7 +313,7 @@ def has_cached_ir_of_file(weights_path: Path, batch_size: int = 256, root: Path 
 def _cached_ir(identity: str, load: Callable[[], tuple[SDGMNet, dict]], batch_size: int, root: Path | None):
     """(IR, its folder, cache hit, manifest) of the network ``identity`` names; ``load()`` gives the network and
     the metadata to keep in the manifest, and is called only when the entry must be (re)built."""
-    import openvino as ov
+    ov = _openvino()
 
     root = (root or cache_dir()) / "openvino"
     key = _entry_key(identity, batch_size)
@@ -342,7 +361,7 @@ class OpenVINOEngine:
     def __init__(self, model: SDGMNet | None = None, precision: str = "fp32", batch_size: int = 256,
                  cache_root: Path | None = None, threads: int | None = None, *,
                  weights_path: Path | None = None) -> None:
-        import openvino as ov
+        ov = _openvino()
 
         from matcher.threads import compute_threads
 

@@ -29,14 +29,15 @@ MATCH_SECTIONS = FEATURE_SECTIONS + ("matching", "verification")
 _MATCH_ONLY = ("matching", "verification")
 
 
-def _section_data(name: str, section: Any, descriptor_engine: str | None = None) -> dict:
+def _section_data(name: str, section: Any, descriptor_engine: str | None = None, pairs: int | None = None) -> dict:
     data = dict(section.__dict__)  # a copy: the config is not touched
     if name == "descriptor":
         data.pop("batch_size", None)  # does not change results
     if name == "matching":
         for key in ("threads", "workers"):
             data.pop(key, None)
-        engine = resolve_matching_engine(getattr(section, "engine", "auto"), section.precision, descriptor_engine)
+        engine = resolve_matching_engine(getattr(section, "engine", "auto"), section.precision, descriptor_engine,
+                                         pairs)
         if engine == "torch":  # recorded as before the numpy engine existed: torch's caches stay valid
             data.pop("engine", None)
             # ``auto`` as what it resolves to (torch's dtype names, as recorded since the first release)
@@ -46,10 +47,11 @@ def _section_data(name: str, section: Any, descriptor_engine: str | None = None)
     return data
 
 
-def fingerprint(sections: dict[str, Any], masks: str = "") -> str:
+def fingerprint(sections: dict[str, Any], masks: str = "", pairs: int | None = None) -> str:
     """JSON of the settings in ``sections`` (name -> config section) that change results.
 
     ``masks``: :func:`matcher.masks.masks_digest` of the run (the masks' content, not their folder's path).
+    ``pairs``: how many pairs the run matches (the matching engine ``auto`` resolves with it).
     """
     data = {name: _section_data(name, section) for name, section in sections.items() if name != "matching"}
     if "images" in data and data["images"].pop("mask_dir", ""):
@@ -60,7 +62,7 @@ def fingerprint(sections: dict[str, Any], masks: str = "") -> str:
         data["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
         data["descriptor"].update(descriptor_settings(descriptor), bf16=None)  # auto -> resolved
     if "matching" in sections:  # its engine follows the descriptor engine that ran (``auto``)
-        data["matching"] = _section_data("matching", sections["matching"], _descriptor_engine(data))
+        data["matching"] = _section_data("matching", sections["matching"], _descriptor_engine(data), pairs)
     return json.dumps(data, sort_keys=True)
 
 
@@ -70,17 +72,17 @@ def _descriptor_engine(data: dict) -> str | None:
     return descriptor.get("engine") if descriptor.get("name") == "sdgmnet" else None
 
 
-def matching_engine(features_fingerprint: str, matching: Any) -> str:
-    """The matching engine (``torch`` or ``numpy``) for features of this fingerprint under ``matching``."""
+def matching_engine(features_fingerprint: str, matching: Any, pairs: int | None = None) -> str:
+    """The matching engine (``torch`` or ``numpy``) for ``pairs`` pairs of features of this fingerprint."""
     return resolve_matching_engine(getattr(matching, "engine", "auto"), matching.precision,
-                                   _descriptor_engine(json.loads(features_fingerprint)))
+                                   _descriptor_engine(json.loads(features_fingerprint)), pairs)
 
 
-def match_fingerprint(features_fingerprint: str, matching: Any, verification: Any) -> str:
+def match_fingerprint(features_fingerprint: str, matching: Any, verification: Any, pairs: int | None = None) -> str:
     """The matches file's fingerprint: the features file's plus the ``matching`` and ``verification`` sections
-    (equal to :func:`fingerprint` over :data:`MATCH_SECTIONS`)."""
+    (equal to :func:`fingerprint` over :data:`MATCH_SECTIONS`) for a run of ``pairs`` pairs."""
     data = json.loads(features_fingerprint)
-    data.update(matching=_section_data("matching", matching, _descriptor_engine(data)),
+    data.update(matching=_section_data("matching", matching, _descriptor_engine(data), pairs),
                 verification=_section_data("verification", verification))
     return json.dumps(data, sort_keys=True)
 

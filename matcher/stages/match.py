@@ -173,9 +173,10 @@ def match_features(
             if not features.has(name):
                 raise IncompatibleDatabaseError(f"{features_path}: no features of {name} (named in the pairs)")
             content[name] = str(features.file[escape_name(name)].attrs.get("content", ""))
-        key = match_fingerprint(features.file.attrs["fingerprint"], matching, verification)
-        # ``auto`` as what it resolves to for these features (numpy after the OpenVINO descriptor engine)
-        matching = dataclasses.replace(matching, engine=matching_engine(features.file.attrs["fingerprint"], matching))
+        key = match_fingerprint(features.file.attrs["fingerprint"], matching, verification, len(pairs))
+        # ``auto`` as what it resolves to for these features and this many pairs (matcher.matching)
+        matching = dataclasses.replace(
+            matching, engine=matching_engine(features.file.attrs["fingerprint"], matching, len(pairs)))
         counts = MatchCounts(pairs=len(pairs))
         with open_cache(MatchStore, Path(matches_path), key, overwrite) as store:
             todo = []

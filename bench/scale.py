@@ -221,7 +221,9 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
                   top_k_list=[list(p) for p in top_k],
                   inlier_matches=exported.database.get("inlier_matches", 0), registered=0)
     if not ray:
-        record.update(database_cache_mib=database_cache_mib(db), rss_before_map_mib=_rss_kib("self") / 1024.0)
+        cache_rss, cache_heap = database_cache_mib(db)
+        record.update(database_cache_mib=cache_rss, database_cache_heap_mib=cache_heap,
+                      rss_before_map_mib=_rss_kib("self") / 1024.0, heap_before_map_mib=heap_in_use_mib())
     if (not ray or args["ray_map"]) and not args["no_map"]:
         partial.write_text(json.dumps({k: v for k, v in record.items() if not k.endswith("_list")}))
         with sampler.stage(record, "map", partial):
@@ -245,22 +247,41 @@ def run_size(collection: str, image_dir: str, work: str, args: dict[str, Any], r
     return record
 
 
-def database_cache_mib(db: Path) -> float:
-    """RSS (MiB) that pycolmap's DatabaseCache of ``db`` adds while it is held: what the incremental mapper loads
-    before it starts (cameras, images and keypoints, the correspondence graph of the verified pairs)."""
+def heap_in_use_mib() -> float:
+    """Bytes allocated through malloc and not freed, over all arenas (glibc's mallinfo2), in MiB: unlike the RSS,
+    it counts allocations that reuse memory freed by earlier stages. NaN where glibc is not available."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                          "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return float("nan")
+    info = libc.mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+def database_cache_mib(db: Path) -> tuple[float, float]:
+    """(RSS, heap in use) in MiB that pycolmap's DatabaseCache of ``db`` adds while it is held: what the
+    incremental mapper loads before it starts (cameras, images and keypoints, the correspondence graph of the
+    verified pairs)."""
     import gc
 
     import pycolmap
 
     from matcher.colmap_log import quiet_colmap
 
-    before = _rss_kib("self")
+    before, heap_before = _rss_kib("self"), heap_in_use_mib()
     with quiet_colmap(), pycolmap.Database.open(db) as database:
         cache = pycolmap.DatabaseCache.create(database, pycolmap.DatabaseCacheOptions())
-        held = _rss_kib("self")
+        held, heap_held = _rss_kib("self"), heap_in_use_mib()
         del cache
     gc.collect()
-    return (held - before) / 1024.0
+    return (held - before) / 1024.0, heap_held - heap_before
 
 
 def run_exhaustive(image_dir: str, features_from: str, work: str, args: dict[str, Any],
@@ -369,15 +390,18 @@ def tables(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
     out.append("\nPeak RSS per stage (MiB" + (", Ray runs: the child and the Ray processes it started" if args.ray
                                               else "") + "):\n")
     out.append(common.markdown_table(["views", "run", *STAGES], mem))
-    mapped = [[r["images"], common.fmt_mib(r["rss_before_map_mib"]), common.fmt_mib(r["database_cache_mib"]),
+    mapped = [[r["images"], common.fmt_mib(r["rss_before_map_mib"]),
+               f"{common.fmt_mib(r['database_cache_mib'])} / "
+               + (common.fmt_mib(r["database_cache_heap_mib"]) if "database_cache_heap_mib" in r else "-"),
                common.fmt_mib(r["map_peak_mib"]) if "map_peak_mib" in r else "(not mapped)",
                r.get("inlier_matches", "-"), r.get("points3d", "-"), r.get("observations", "-")]
               for r in records if "database_cache_mib" in r]
     if mapped:
         out.append("\nMapping memory (MiB): RSS before mapping, what pycolmap's DatabaseCache of the database adds "
-                   "on its own, the mapping stage's peak, against the database's inlier matches and the model:\n")
-        out.append(common.markdown_table(["views", "RSS before map", "DatabaseCache", "map peak", "inlier matches",
-                                          "3D points", "observations"], mapped))
+                   "on its own (RSS / heap in use), the mapping stage's peak, against the database's inlier matches "
+                   "and the model:\n")
+        out.append(common.markdown_table(["views", "RSS before map", "DatabaseCache: RSS / heap", "map peak",
+                                          "inlier matches", "3D points", "observations"], mapped))
     recall = [[r["images"], r["exhaustive_pairs"], common.fmt_s(r["exhaustive_s"]), r["reference_pairs"],
                f"{r['partners_median']:.0f}", r["top_k_pairs"], f"{100 * r['top_k_recall']:.1f} %",
                f"{100 * r['oracle_recall']:.1f} %", r["pairs"], f"{100 * r['pairs'] / r['exhaustive_pairs']:.1f} %",

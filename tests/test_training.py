@@ -1,8 +1,7 @@
-"""The trainer: exact resume from a checkpoint, config files, datasets on disk, and the finetune command."""
+"""The trainer: exact resume from a checkpoint, config files and datasets on disk (finetune: test_finetune.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from matcher.cli import main
-from matcher.descriptors import SDGMNet, load_sdgmnet, save_sdgmnet
+from matcher.descriptors import load_sdgmnet
 from matcher.errors import ConfigError
 from matcher.training.datasets import build_homography_dataset, load_patch_set
 from matcher.training.hpatches_patches import patches_from_homography_sequence
@@ -115,19 +114,3 @@ def test_hpatches_patches_follow_the_ground_truth_homography() -> None:
     same = [float((p[i] * p[first[labels[i]]]).mean()) for i in range(len(labels)) if first[labels[i]] != i]
     other = [float((p[i] * p[(i + 97) % len(labels)]).mean()) for i in range(0, len(labels), 7)]
     assert np.median(same) > 0.8 and np.median(other) < 0.4
-
-
-def test_finetune_on_a_scene_reports_fpr95_before_and_after(small_scene: Path, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    base = tmp_path / "base.pt"
-    save_sdgmnet(SDGMNet(), base, {"magnification": 6.0})
-    out = tmp_path / "tuned.pt"
-    args = ["finetune", str(small_scene), "--out", str(out), "--model", str(base), "--steps", "4", "-q"]
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "tuned.work" / "finetune.json").read_text())
-    assert summary["heldout_points"] > 50 and 0 <= summary["fpr95_after"] <= 1
-    assert "held-out FPR95" in result.output and out.is_file()
-    result = CliRunner().invoke(main, ["match", str(small_scene), "--out", str(tmp_path / "t.db"), "--model", str(out),
-                                       "--max-edge", "640", "--max-keypoints", "512", "-q"])
-    assert result.exit_code == 0, result.output

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from matcher.errors import MatcherError
+from matcher.training.finetune import FinetuneSettings
 
 __all__ = ["dataset_group", "train_command", "finetune_command"]
 
@@ -148,62 +147,52 @@ def train_command(config_path: Path, steps: int | None, out: Path | None, export
                + (f"; held-out FPR95 {last['fpr95']:.4f}" if "fpr95" in last else ""))
 
 
+FINETUNE_DEFAULTS = FinetuneSettings()
+
+
 @click.command("finetune")
 @click.argument("images", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Weights to write.")
 @click.option("--sparse", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="A model of IMAGES made by `match` (its database and features beside it in --work).")
+              help="A COLMAP model of IMAGES (e.g. from `match --reconstruct`): skips matching and mapping.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Working folder (default: OUT without .pt, plus '.work').")
 @click.option("--model", "base", default="sdgmnet", show_default=True, help="Weights to start from.")
-@click.option("--steps", type=int, default=600, show_default=True, help="Fine-tuning steps.")
-@click.option("--loss", default="sdgm", show_default=True, help="Loss (matcher.losses).")
-@click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate (SGD).")
-@click.option("--held-out", type=float, default=0.2, show_default=True,
-              help="Fraction of the scene's 3D points kept out of training to measure FPR95.")
+@click.option("--pipeline", default="default", show_default=True,
+              help="Preset whose detector and patches are used (and that reconstructs the scene).")
+@click.option("--steps", type=int, default=FINETUNE_DEFAULTS.steps, show_default=True, help="Fine-tuning steps.")
+@click.option("--batch", type=int, default=FINETUNE_DEFAULTS.identities_per_batch, show_default=True,
+              help="3D points per step (two views of each).")
+@click.option("--loss", default=FINETUNE_DEFAULTS.loss, show_default=True, help="Loss (matcher.losses).")
+@click.option("--lr", type=float, default=FINETUNE_DEFAULTS.lr, show_default=True,
+              help=f"Learning rate ({FINETUNE_DEFAULTS.optimizer}, {FINETUNE_DEFAULTS.schedule} decay).")
+@click.option("--held-out", type=float, default=FINETUNE_DEFAULTS.held_out, show_default=True,
+              help="Fraction of the scene's 3D points never trained on, where the report is measured.")
+@click.option("--seed", type=int, default=FINETUNE_DEFAULTS.seed, show_default=True, help="Split, batches, augmentation.")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
-              help="SfM used to find the tracks when no --sparse is given.")
+              help="SfM used to find the cameras when no --sparse is given.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars.")
-def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str, steps: int,
-                     loss: str, lr: float, held_out: float, mapper: str, quiet: bool) -> None:
-    """Fine-tune SDGMNet on the scene in IMAGES and report held-out FPR95 before and after.
+def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str, pipeline: str,
+                     steps: int, batch: int, loss: str, lr: float, held_out: float, seed: int, mapper: str,
+                     quiet: bool) -> None:
+    """Fine-tune SDGMNet on the scene in IMAGES; report hard-bin FPR95 and mAP before and after.
 
     \b
-    Without --sparse the scene is matched and reconstructed first. Its 3D points become identities; a part
-    of them is held out, and FPR95 on those is measured before and after fine-tuning. Then:
+    Without --sparse the scene is matched and reconstructed first. Its keypoints are linked into 3D points by
+    the reconstructed cameras alone (no descriptor chooses the positives); a part of the points is held out, and
+    FPR95 and mAP per viewpoint-angle bin are measured on it before and after fine-tuning. Then:
         match IMAGES --out db.db --model OUT
     """
-    from matcher.config import load_config
-    from matcher.descriptors import patch_magnification
-    from matcher.training.datasets import build_scene_dataset, save_patch_set
-    from matcher.training.track_patches import split_identities
-    from matcher.training.trainer import TrainConfig, train
+    from dataclasses import replace
+
+    from matcher.training.finetune import finetune_scene, format_report
 
     work = work or out.with_name(out.stem + ".work")
-    t0 = time.perf_counter()
+    settings = replace(FINETUNE_DEFAULTS, steps=steps, identities_per_batch=batch, loss=loss, lr=lr,
+                       held_out=held_out, seed=seed)
     try:
-        config = load_config("default", [{"mapping": {"mapper": mapper}}])
-        patch_set = build_scene_dataset(images, work / "patches.h5", work, config, sparse_dir=sparse,
-                                        progress=not quiet)
-        kept, held = split_identities(patch_set, held_out, seed=0)
-        magnification = patch_magnification(config.descriptor, config.patches)
-        save_patch_set(kept, work / "train.h5", f"fine-tuning split of {images}", magnification)
-        save_patch_set(held, work / "heldout.h5", f"held-out split of {images}", magnification)
-        train_config = TrainConfig(
-            train=[str(work / "train.h5")], heldout=[str(work / "heldout.h5")], out=str(out), init=base, loss=loss,
-            steps=steps, identities_per_batch=min(256, max(8, kept.num_identities // 4)), lr=lr,
-            eval_every=max(1, steps // 4), checkpoint_every=max(1, steps // 4),
-        )
-        result = train(train_config, progress=not quiet)
+        report = finetune_scene(images, out, work, base, settings, pipeline=pipeline, sparse=sparse, mapper=mapper,
+                                progress=not quiet)
     except MatcherError as exc:
         _fail(exc)
-    before, after = result.history[0], result.history[-1]  # step 0 = the base model, same pairs
-    summary = {
-        "images": str(images), "base": base, "steps": steps, "loss": loss,
-        "train_patches": len(kept), "heldout_points": held.num_identities,
-        "fpr95_before": before["fpr95"], "fpr95_after": after["fpr95"],
-        "minutes": (time.perf_counter() - t0) / 60,
-    }
-    (work / "finetune.json").write_text(json.dumps(summary, indent=2))
-    click.echo(f"held-out FPR95 on {held.num_identities} 3D points: {before['fpr95']:.4f} -> {after['fpr95']:.4f} "
-               f"({summary['minutes']:.1f} min); wrote {out}")
+    click.echo(format_report(report))

@@ -21,7 +21,9 @@ model is summarised. Database numbers: verified pairs = two-view geometries with
 matches = their sum.
 
 ``--variants preset fp32 serial`` adds runs of ours with float32 candidate proposals (the path of CPUs without
-native bfloat16) and with one matching worker (pairs one after the other); see ``OURS_VARIANTS``. cProfile (on unless ``--no-profile``) runs around the first variant's run of the
+native bfloat16), with one matching worker (pairs one after the other), with the torch engine (``torch``) and with
+torch's matching on the OpenVINO path (``torch-matching``: what that path matched with before its numpy engine);
+see ``OURS_VARIANTS``. cProfile (on unless ``--no-profile``) runs around the first variant's run of the
 last round (about 6e5 Python calls, so the overhead is negligible next to the run time) and prints the top
 functions.
 
@@ -62,7 +64,7 @@ MAPPING_VARIANTS: dict[str, dict[str, float]] = {
 # Variants of our run, all with the same preset; "preset": as shipped. "fp32": matching.precision = "fp32" (what
 # a CPU without native bfloat16 runs). "serial": matching.workers = 1 (one pair at a time, same results).
 # "torch": descriptor.engine = "torch" (SDGMNet run by torch instead of the auto engine, OpenVINO when installed).
-OURS_VARIANTS = ("preset", "fp32", "serial", "torch")
+OURS_VARIANTS = ("preset", "fp32", "serial", "torch", "torch-matching")
 
 
 def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile: bool,
@@ -80,6 +82,8 @@ def run_ours(image_dir: Path, workdir: Path, preset: str, threads: int, profile:
         config.matching.workers = 1
     elif variant == "torch":
         config.descriptor.engine = "torch"
+    elif variant == "torch-matching":  # the OpenVINO path's numpy matching replaced by torch's (bf16 proposals)
+        config.matching.engine = "torch"
     workdir.mkdir(parents=True)  # fresh folder: cached features.h5/matches.h5 of an earlier run must not be reused
     db = workdir / "ours.db"
     profiler = cProfile.Profile() if profile else None
@@ -175,7 +179,8 @@ def main() -> None:
     parser.add_argument("--max-features", type=int, default=4096, help="pycolmap sift.max_num_features")
     parser.add_argument("--mapping", nargs="*", default=list(MAPPING_VARIANTS), choices=list(MAPPING_VARIANTS))
     parser.add_argument("--variants", nargs="+", default=["preset"], choices=list(OURS_VARIANTS),
-                        help="our run variants (fp32: float32 proposals; serial: one matching worker)")
+                        help="our run variants (fp32: float32 proposals; serial: one matching worker; torch: the "
+                             "torch descriptor engine; torch-matching: matching.engine = torch)")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     args = parser.parse_args()
     args.images = args.images or common.shared_data() / "scenes" / args.scene / "images"

@@ -8,7 +8,9 @@ temporary folder. Each round runs, as separate processes and in alternating orde
 * ``match``: the ``match`` command with the default preset (``match IMAGES --out DB -q``);
 * ``match, torch engine``: the same with ``--set descriptor.engine=torch``;
 * ``match, weights W`` for every ``--weights W`` (e.g. ``sdgmnet-half``, the compact network, or a .pt file);
-* ``match --help`` and ``matcher --version`` (start-up alone).
+* ``match --help`` and ``matcher --version`` (start-up alone);
+* ``python -c "import torch"``: the floor of any job that imports torch (the default preset on the OpenVINO
+  engine does not: matcher.patch_sampler, matcher.descriptors.engines.openvino_engine_of_file).
 
 Then, once, ``match`` with an empty engine cache (``MATCHER_CACHE_DIR`` pointing to a new folder): a first run
 on a machine, which converts the network for OpenVINO. Medians over ``--rounds``; ratios to the pycolmap script
@@ -89,6 +91,7 @@ def main() -> None:
                for i, w in enumerate(args.weights)},
             "match --help": lambda r: [str(bindir / "match"), "--help"],
             "matcher --version": lambda r: [str(bindir / "matcher"), "--version"],
+            "python -c 'import torch'": lambda r: [sys.executable, "-c", "import torch"],
         }
         if args.no_torch:
             del jobs["match, torch engine"]

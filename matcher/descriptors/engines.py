@@ -390,6 +390,11 @@ class OpenVINOEngine:
         core.set_property({"CACHE_DIR": str(Path(cache_root or cache_dir()) / "openvino" / "compiled")})
         self.compiled = core.compile_model(ir, "CPU", config)
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        # One inference here, in this thread: two threads making their first inference at once can deadlock inside
+        # OpenVINO's pybind11 (one initialises a static without the GIL and waits for the GIL in NumPy's call_once,
+        # the other holds the GIL and waits for that static's guard; seen once with two images in flight,
+        # matcher.overlap). The first inference also builds OpenVINO's primitives, which the first batch pays anyway.
+        self._infer(np.zeros((1, 1, self.patch_size, self.patch_size), np.float32), np.empty((1, self.dim), np.float32))
 
     def __call__(self, patches: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """(N, 1, 32, 32) float -> (N, 128) float32 unit rows: a NumPy array for a NumPy input (no torch), a

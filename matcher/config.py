@@ -180,7 +180,7 @@ class DescriptorConfig:
     """
 
     name: Literal["rootsift", "sdgmnet"] = "sdgmnet"
-    weights: str = "sdgmnet"
+    weights: str = "sdgmnet-half"  # the default preset's (pipelines/default.toml); the full network: "sdgmnet"
     batch_size: int = 256
     bf16: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -210,19 +210,29 @@ def _match(d1: torch.Tensor, d2: torch.Tensor, dtype: torch.dtype, block: int,
     fast2 = _workspace.tensor("fast2", d2.shape, dtype).copy_(d2)
     fast2_t = _workspace.tensor("fast_t", d2.shape[::-1], dtype).copy_(fast2.T)
     sims, cols = _nearest_two(d1, fast1, d2, fast2_t, block)  # (N1, 2) each
-    keep = np.ones(len(d1), dtype=bool)
-    if ratio > 0:
-        # squared L2 distances of unit vectors: d² = 2 - 2 s (no square roots needed)
-        nearest = np.maximum(2.0 - 2.0 * sims[:, 0], 0.0)
-        second = np.maximum(2.0 - 2.0 * sims[:, 1], 0.0)
-        keep = nearest <= ratio**2 * second
-    candidates = np.flatnonzero(keep)
+    candidates = _passing_ratio(sims, ratio)
     columns = np.unique(cols[candidates, 0])
     col_best_row = np.full(len(d2), -1, dtype=np.int64)
     if len(columns):
         fast1_t = _workspace.tensor("fast_t", d1.shape[::-1], dtype).copy_(fast1.T)
         _, rows = _nearest_two(d2[columns], fast2[columns], d1, fast1_t, block)
         col_best_row[columns] = rows[:, 0]
+    return _mutual_matches(candidates, sims, cols, col_best_row)
+
+
+def _passing_ratio(sims: np.ndarray, ratio: float) -> np.ndarray:
+    """Rows whose nearest neighbour passes the ratio test: sims (N, 2) descending -> row indices (M,)."""
+    if ratio <= 0:
+        return np.arange(len(sims))
+    # squared L2 distances of unit vectors: d² = 2 - 2 s (no square roots needed)
+    nearest = np.maximum(2.0 - 2.0 * sims[:, 0], 0.0)
+    second = np.maximum(2.0 - 2.0 * sims[:, 1], 0.0)
+    return np.flatnonzero(nearest <= ratio**2 * second)
+
+
+def _mutual_matches(candidates: np.ndarray, sims: np.ndarray, cols: np.ndarray,
+                    col_best_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates whose nearest column names them back: (M, 2) int32 index pairs and (M,) similarities."""
     mutual = candidates[col_best_row[cols[candidates, 0]] == candidates]
     matches = np.stack([mutual, cols[mutual, 0]], axis=1).astype(np.int32)
     return matches, sims[mutual, 0].astype(np.float32)
@@ -267,12 +277,7 @@ def _match_numpy(d1: np.ndarray, d2: np.ndarray, block: int, ratio: float) -> tu
     d2_t = _workspace.array("np_t", d2.shape[::-1])
     d2_t[...] = d2.T
     sims, cols = _nearest_two_numpy(d1, d2_t, block)
-    keep = np.ones(len(d1), dtype=bool)
-    if ratio > 0:
-        nearest = np.maximum(2.0 - 2.0 * sims[:, 0], 0.0)
-        second = np.maximum(2.0 - 2.0 * sims[:, 1], 0.0)
-        keep = nearest <= ratio**2 * second
-    candidates = np.flatnonzero(keep)
+    candidates = _passing_ratio(sims, ratio)
     columns = np.unique(cols[candidates, 0])
     col_best_row = np.full(len(d2), -1, dtype=np.int64)
     if len(columns):
@@ -280,9 +285,7 @@ def _match_numpy(d1: np.ndarray, d2: np.ndarray, block: int, ratio: float) -> tu
         d1_t[...] = d1.T
         _, rows = _nearest_two_numpy(np.ascontiguousarray(d2[columns]), d1_t, block)
         col_best_row[columns] = rows[:, 0]
-    mutual = candidates[col_best_row[cols[candidates, 0]] == candidates]
-    matches = np.stack([mutual, cols[mutual, 0]], axis=1).astype(np.int32)
-    return matches, sims[mutual, 0].astype(np.float32)
+    return _mutual_matches(candidates, sims, cols, col_best_row)
 
 
 def _nearest_two_numpy(queries: np.ndarray, base_t: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:

@@ -35,8 +35,6 @@ from matcher.errors import ConfigError
 from matcher.training.hard_benchmark import ANGLE_BINS
 
 if TYPE_CHECKING:
-    import torch
-
     from matcher.training.gt_tracks import Tracks, View
 
 __all__ = [
@@ -176,14 +174,6 @@ def subset_views(views: list[View], tracks: Tracks, max_views: int) -> tuple[lis
     return [views[i] for i in chosen], _select_tracks(sub, keep)
 
 
-def _view_patches(view: View, magnification: float) -> torch.Tensor:
-    """(N, 1, 32, 32) patches of every keypoint of ``view`` where it was detected (distortion left in)."""
-    from matcher.patches import extract_patches, lafs_from_keypoints
-
-    keypoints = getattr(view, "patch_keypoints", view.keypoints)
-    return extract_patches(view.gray, lafs_from_keypoints(keypoints, magnification))
-
-
 def hard_bin_metrics(views: list[View], tracks: Tracks, weights: str | Path, magnification: float
                      ) -> dict[str, dict[str, float]]:
     """FPR95 and mAP per viewpoint-angle bin of the positive pairs of ``tracks`` (hard benchmark protocol), for
@@ -196,13 +186,13 @@ def hard_bin_metrics(views: list[View], tracks: Tracks, weights: str | Path, mag
 
     from matcher.descriptors import load_sdgmnet
     from matcher.descriptors.engines import build_engine
-    from matcher.training.hard_benchmark import bin_metrics, positive_pairs, score_pairs
+    from matcher.training.hard_benchmark import bin_metrics, positive_pairs, score_pairs, view_patches
 
     model, _ = load_sdgmnet(str(weights))
     engine = build_engine(model.eval())
     descriptors = []
     for view in views:
-        out = engine(_view_patches(view, magnification))
+        out = engine(view_patches(view, magnification))
         descriptors.append(np.asarray(out.numpy() if isinstance(out, torch.Tensor) else out, np.float32))
     pairs = positive_pairs(views, tracks)
     scores = score_pairs(views, pairs, descriptors)

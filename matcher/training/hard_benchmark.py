@@ -223,8 +223,9 @@ def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:
 
 
 def view_patches(view: View, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:
-    """(N, 1, 32, 32) patches of all keypoints of ``view``, cut by the pipeline's code."""
-    return extract_patches(view.gray, lafs_from_keypoints(view.keypoints, magnification))
+    """(N, 1, 32, 32) patches of all keypoints of ``view``, cut by the pipeline's code where they were detected
+    (``view.patch_keypoints``: lens distortion left in when the cameras come from a reconstruction)."""
+    return extract_patches(view.gray, lafs_from_keypoints(view.patch_keypoints, magnification))
 
 
 def patch_describer(describe: Callable[[torch.Tensor], torch.Tensor], magnification: float = DEFAULT_MAGNIFICATION) -> Describer:

@@ -262,17 +262,26 @@ def _convert_to_ir(model: SDGMNet, batch_size: int, folder: Path) -> None:
     ov.save_model(ir, str(folder / "model.xml"), compress_to_fp16=False)
 
 
-def _load_cached_ir(folder: Path):
-    """(IR, manifest) in ``folder`` if its manifest and file hashes agree, else None."""
-    ov = _openvino()
-
+def _intact_manifest(folder: Path) -> dict | None:
+    """The manifest of the cache entry ``folder`` if it and the file hashes it lists agree, else None (missing,
+    unreadable, corrupt or half-written)."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
-        for name in ("model.xml", "model.bin"):
-            if hashlib.sha256((folder / name).read_bytes()).hexdigest() != manifest["sha256"][name]:
-                return None
-        return ov.Core().read_model(str(folder / "model.xml")), manifest
-    except Exception:  # missing, unreadable or corrupt: rebuilt by the caller
+        intact = all(hashlib.sha256((folder / name).read_bytes()).hexdigest() == manifest["sha256"][name]
+                     for name in ("model.xml", "model.bin"))
+    except Exception:
+        return None
+    return manifest if intact else None
+
+
+def _load_cached_ir(folder: Path):
+    """(IR, manifest) in ``folder`` if the entry is intact (:func:`_intact_manifest`), else None."""
+    manifest = _intact_manifest(folder)
+    if manifest is None:
+        return None
+    try:
+        return _openvino().Core().read_model(str(folder / "model.xml")), manifest
+    except Exception:  # unreadable by OpenVINO: rebuilt by the caller
         return None
 
 
@@ -302,12 +311,7 @@ def has_cached_ir_of_file(weights_path: Path, batch_size: int = 256, root: Path 
     """Whether the IR cache holds an intact entry converted from this weights file's bytes (so the file was
     loaded and checked by :func:`matcher.descriptors.weights.load_sdgmnet` when it was written)."""
     folder = (root or cache_dir()) / "openvino" / _entry_key(f"file:{_file_sha256(Path(weights_path))}", batch_size)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        return all(hashlib.sha256((folder / n).read_bytes()).hexdigest() == manifest["sha256"][n]
-                   for n in ("model.xml", "model.bin"))
-    except Exception:  # missing, unreadable or corrupt
-        return False
+    return _intact_manifest(folder) is not None
 
 
 def _cached_ir(identity: str, load: Callable[[], tuple[SDGMNet, dict]], batch_size: int, root: Path | None):

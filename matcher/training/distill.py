@@ -23,7 +23,14 @@ so the teacher does not hold the camera tracks' wide-baseline positives at its o
     L_thr = mean_j softplus((τ − s_aᵀs_p,j) / T)  +  mean_j softplus((max_neg s_aᵀs_n − τ) / T)
 
 with a learned τ (initial ``threshold``) and temperature T = ``threshold_temperature``: every positive above τ,
-every anchor's hardest in-batch negative below it. Validation: a fixed held-out slice of identities (never trained on), unaugmented; the student's
+every anchor's hardest in-batch negative below it (anchors: rows with a positive).
+
+Spatial-neighbour negatives (``neighbours``, one patch file per data file or ""; built by
+:mod:`matcher.training.spatial_negatives`): for every camera-track row of a batch, ``spatial_negatives`` patches
+of the nearest other keypoints of its view are added as negative-only rows (a label of their own), the hard
+patch benchmark's spatial negatives. HardNet then takes its hardest negative among them too
+(:func:`hardnet_with_negatives`), and so does the threshold term. Validation then scores, besides random
+negatives, each validation positive against the spatial neighbours of its two views. Validation: a fixed held-out slice of identities (never trained on), unaugmented; the student's
 mean cosine to the teacher, the share of its mutual nearest neighbours that are the teacher's, and FPR95 of
 both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pairs).
 
@@ -61,7 +68,8 @@ from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
 from matcher.training.sampler import PKSampler
 
-__all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "threshold_loss", "validate_student"]
+__all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "threshold_loss", "validate_student",
+           "hardnet_with_negatives", "NeighbourIndex"]
 
 log = logging.getLogger("matcher")
 
@@ -89,6 +97,8 @@ class DistillConfig:
     distill_sets: list[int] | None = None
     validation_sets: list[int] | None = None
     select: Literal["cos", "fpr95"] = "cos"
+    neighbours: list[str] | None = None
+    spatial_negatives: int = 0
     w_threshold: float = 0.0
     threshold: float = 0.5
     threshold_temperature: float = 0.05
@@ -112,6 +122,7 @@ class DistillConfig:
         "w_relation": at_least(0.0), "w_label": at_least(0.0), "validation_identities": at_least(2),
         "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
         "threads": at_least(1), "w_threshold": at_least(0.0), "threshold_temperature": above(0.0),
+        "spatial_negatives": at_least(0),
     }
 
     @property
@@ -140,6 +151,8 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
 
     raw["data"] = [relative(p) for p in raw["data"]]
     raw["out"] = relative(raw["out"])
+    if raw.get("neighbours"):
+        raw["neighbours"] = [relative(p) if p else "" for p in raw["neighbours"]]
     if raw.get("teacher", "sdgmnet").endswith(".pt"):
         raw["teacher"] = relative(raw["teacher"])
     if str(raw.get("init") or "").endswith(".pt"):
@@ -154,6 +167,10 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
     n = len(config.data)
     if config.mix is not None and (len(config.mix) != n or min(config.mix) < 0 or sum(config.mix) <= 0):
         raise ConfigError(f"{path}: mix needs one non-negative share per data file ({n}), not all zero")
+    if config.neighbours is not None and len(config.neighbours) != n:
+        raise ConfigError(f"{path}: neighbours needs one patch file (or \"\") per data file ({n})")
+    if config.spatial_negatives > 0 and (not config.neighbours or config.label_loss != "hardnet"):
+        raise ConfigError(f"{path}: spatial_negatives needs neighbours and label_loss = \"hardnet\"")
     for key in ("distill_sets", "validation_sets"):
         value = getattr(config, key)
         if value is not None and (not value or not all(0 <= i < n for i in value)):
@@ -173,8 +190,41 @@ def threshold_loss(descriptors: torch.Tensor, labels: torch.Tensor, tau: torch.T
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     pos = sim[same & ~eye]
-    neg = sim.masked_fill(same, -2.0).max(1).values
+    anchors = (same & ~eye).any(1)  # negative-only rows (a label of their own) are not anchors
+    neg = sim.masked_fill(same, -2.0).max(1).values[anchors]
     return F.softplus((tau - pos) / temperature).mean() + F.softplus((neg - tau) / temperature).mean()
+
+
+def hardnet_with_negatives(descriptors: torch.Tensor, labels: torch.Tensor, margin: float = 1.0, eps: float = 1e-6,
+                           duplicate_distance: float = 0.008) -> torch.Tensor:
+    """HardNet (anchor swap, :class:`~matcher.losses.hardnet.HardNetLoss`) whose hardest negative of a pair may
+    also be any negative-only row (a label with one row, e.g. a spatial neighbour), against either of its views.
+
+    Args:
+        descriptors: (B, D) unit rows. labels: (B,); pairs by :func:`~matcher.losses.base.pair_indices`.
+    """
+    from matcher.losses.base import hardest_negatives, pair_indices, zero_loss
+
+    idx_a, idx_p = pair_indices(labels)
+    if idx_a.numel() == 0:
+        return zero_loss(descriptors)
+    sim = descriptors @ descriptors.T
+    guard = 1.0 - 0.5 * duplicate_distance**2
+    s_n, valid = hardest_negatives(sim, labels, idx_a, idx_p, "cross", guard)
+    s_n = torch.where(valid, s_n, torch.full_like(s_n, -2.0))
+    counts = torch.bincount(labels - labels.min())[labels - labels.min()]
+    single = torch.nonzero(counts == 1).reshape(-1)
+    if single.numel():
+        cand = torch.maximum(sim[idx_a][:, single], sim[idx_p][:, single])  # (N, S)
+        cand = cand.masked_fill(cand >= guard, -2.0)
+        s_n = torch.maximum(s_n, cand.max(1).values)
+    keep = s_n > -2.0
+    if not bool(keep.any()):
+        return zero_loss(descriptors)
+    s_p = (descriptors[idx_a] * descriptors[idx_p]).sum(1)[keep]
+    d_p = torch.sqrt((2.0 - 2.0 * s_p).clamp_min(0.0) + eps)
+    d_n = torch.sqrt((2.0 - 2.0 * s_n[keep]).clamp_min(0.0) + eps)
+    return torch.relu(margin + d_p - d_n).mean()
 
 
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
@@ -204,7 +254,8 @@ def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
         terms["threshold"] = float(thr.detach())
         terms["tau"] = float(tau.detach())
     if config.w_label > 0:
-        lab = label_loss(student, labels)
+        lab = (hardnet_with_negatives(student, labels) if config.spatial_negatives > 0
+               else label_loss(student, labels))
         total = total + config.w_label * lab
         terms["label"] = float(lab.detach())
     terms["loss"] = float(total.detach())
@@ -286,6 +337,77 @@ def _val_pairs(labels: torch.Tensor, seed: int, n: int = 20000) -> tuple[np.ndar
     b = np.concatenate([second[pick], nb])
     same = np.concatenate([np.ones(k, bool), np.zeros(len(na), bool)])
     return a, b, same
+
+
+class NeighbourIndex:
+    """Neighbour rows (:mod:`matcher.training.spatial_negatives`) of each observation, found by its (label, photo).
+
+    Args:
+        labels, photo: (M,) the observation each neighbour row belongs to, in the labels and photo indices of the
+            concatenated training data.
+    """
+
+    def __init__(self, labels: np.ndarray, photo: np.ndarray) -> None:
+        self.n_photos = int(photo.max()) + 1 if photo.size else 1
+        key = labels.astype(np.int64) * self.n_photos + photo.astype(np.int64)
+        self.order = np.argsort(key, kind="stable")
+        self.keys = key[self.order]
+
+    def lookup(self, labels: np.ndarray, photo: np.ndarray, per_row: int | None = None,
+               rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Neighbour rows of the observations (labels, photo) (R,): (M,) rows and (M,) the observation (0..R-1)
+        each belongs to; at most ``per_row`` per observation, drawn with ``rng`` (None: all, in order)."""
+        q = labels.astype(np.int64) * self.n_photos + photo.astype(np.int64)
+        q = np.where(photo < self.n_photos, q, -1)
+        lo, hi = np.searchsorted(self.keys, q, "left"), np.searchsorted(self.keys, q, "right")
+        rows, owner = [], []
+        for i in np.flatnonzero(hi > lo):
+            n = int(hi[i] - lo[i])
+            take = np.arange(n) if per_row is None or per_row >= n else (rng or np.random.default_rng(0)).choice(
+                n, per_row, replace=False)
+            rows.append(self.order[lo[i] + take])
+            owner.append(np.full(take.size, i))
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.concatenate(rows), np.concatenate(owner)
+
+
+def _load_neighbours(config: DistillConfig, label_offsets: list[int], photo_offsets: list[int]
+                     ) -> tuple[torch.Tensor, NeighbourIndex] | None:
+    """The neighbour patches of all data files, concatenated (M, 1, 32, 32), and their index (labels and photos
+    shifted as :func:`concat_patch_sets` shifts the data's)."""
+    if not config.neighbours or not any(config.neighbours):
+        return None
+    patches, labels, photo = [], [], []
+    for k, path in enumerate(config.neighbours):
+        if not path:
+            continue
+        nb = load_patch_set(Path(path))
+        patches.append(nb.patches)
+        labels.append(nb.labels.numpy() + label_offsets[k])
+        photo.append(nb.photo.numpy() + photo_offsets[k])
+    return torch.cat(patches), NeighbourIndex(np.concatenate(labels), np.concatenate(photo))
+
+
+def _spatial_validation(val: PatchSet, pairs: tuple, nb_patches: torch.Tensor, index: NeighbourIndex
+                        ) -> tuple[PatchSet, tuple]:
+    """``val`` with the neighbour patches of its rows appended (a label of their own each), and ``pairs`` with,
+    per positive (first, second view), the negatives (first, neighbour of second) and (second, neighbour of
+    first)."""
+    rows, owner = index.lookup(val.labels.numpy(), val.photo.numpy())
+    n = len(val)
+    ext = PatchSet(torch.cat([val.patches, nb_patches[rows]]),
+                   torch.cat([val.labels, -1 - torch.arange(rows.size, dtype=val.labels.dtype)]),
+                   torch.cat([val.photo, val.photo[owner]]), torch.cat([val.view, val.view[owner]]), val.names)
+    first, second = (t.numpy() for t in _two_views(val.labels))
+    partner = np.full(n, -1)
+    partner[first], partner[second] = second, first
+    nb_row = n + np.arange(rows.size)
+    anchor = partner[owner]
+    ok = anchor >= 0
+    a, b, same = pairs
+    return ext, (np.concatenate([a, anchor[ok]]), np.concatenate([b, nb_row[ok]]),
+                 np.concatenate([same, np.zeros(int(ok.sum()), bool)]))
 
 
 def _lr_at(config: DistillConfig, step: int, progress: float) -> float:
@@ -378,6 +500,9 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     sets = [load_patch_set(Path(p)) for p in config.data]
     data = concat_patch_sets(sets)
     sizes = [len(x) for x in sets]
+    label_offsets = np.concatenate([[0], np.cumsum([int(x.labels.max()) + 1 if len(x) else 0 for x in sets])])
+    photo_offsets = np.concatenate([[0], np.cumsum([len(x.names) for x in sets])])
+    neighbours = _load_neighbours(config, label_offsets.tolist(), photo_offsets.tolist())
     source = torch.from_numpy(np.repeat(np.arange(len(sets)), sizes))
     del sets
     wanted = list(range(len(sizes))) if config.distill_sets is None else sorted(set(config.distill_sets))
@@ -386,8 +511,10 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     train_idx, val_idx = _split(data, config.validation_identities, config.seed, eligible)
     distill_mask = None if config.distill_sets is None else torch.isin(source, torch.tensor(config.distill_sets))
     val = PatchSet(data.patches[val_idx], data.labels[val_idx], data.photo[val_idx], data.view[val_idx], data.names)
-    teacher_val = _describe(teacher, val.patches)
     pairs = _val_pairs(val.labels, config.seed)
+    if neighbours is not None:
+        val, pairs = _spatial_validation(val, pairs, *neighbours)
+    teacher_val = _describe(teacher, val.patches)
 
     student = SDGMNet(drop_rate=config.drop_rate, channels=config.channels)
     if config.init:
@@ -412,6 +539,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         best = json.loads(state["best"]) if state.get("best") else None
         note({"event": "resumed", "step": start})
     note({"event": "start", "train_patches": int(len(train_idx)), "val_patches": int(len(val_idx)),
+          "neighbour_patches": 0 if neighbours is None else len(neighbours[0]),
+          "val_pairs": int(len(pairs[0])), "val_negatives": int((~pairs[2]).sum()),
           "student_flops": student.flops_per_patch(), "teacher_flops": teacher.flops_per_patch(),
           "config": {k: v for k, v in asdict(config).items() if k != "history"}})
 
@@ -465,6 +594,15 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         if config.augment:
             patches = augment_batch(patches, config.views_per_identity, gen)
         labels = data.labels[idx]
+        distill_rows = None if distill_mask is None else distill_mask[idx]
+        nb_rows = np.zeros(0, np.int64)
+        if neighbours is not None and config.spatial_negatives > 0:
+            nb_rows, _ = neighbours[1].lookup(labels.numpy(), data.photo[idx].numpy(), config.spatial_negatives,
+                                              np.random.default_rng([config.seed, 13, step]))
+            patches = torch.cat([patches, neighbours[0][nb_rows]])
+            labels = torch.cat([labels, -1 - torch.arange(nb_rows.size, dtype=labels.dtype)])
+            base = torch.ones(len(idx), dtype=torch.bool) if distill_rows is None else distill_rows
+            distill_rows = torch.cat([base, torch.zeros(nb_rows.size, dtype=torch.bool)])  # no teacher terms
         if config.channels_last:
             patches = patches.contiguous(memory_format=torch.channels_last)
         if targets is None:
@@ -472,16 +610,16 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
                 target = teacher_bf16(patches.to(teacher_bf16.features[0][0].weight.dtype)).float()
             target = target.clone()
         else:
-            target = targets[idx]
+            target = torch.cat([targets[idx], torch.zeros((nb_rows.size, 128))])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out = student(patches)
         loss, terms = distill_losses(F.normalize(out.float(), dim=1), target, labels, label_loss, config,
-                                     None if distill_mask is None else distill_mask[idx], tau)
+                                     distill_rows, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 10 == 0:
-            note({"step": step, "lr": lr, "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
+            note({"step": step, "lr": lr, "rows": int(len(labels)), "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
                   **terms})
         if (step + 1) % config.eval_every == 0:
             evaluate(step + 1)

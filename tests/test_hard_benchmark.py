@@ -15,9 +15,12 @@ from matcher.training.gt_tracks import View, build_tracks, tracks_to_patch_set
 from matcher.training.hard_benchmark import (
     bin_metrics,
     opencv_rootsift_describer,
+    pair_geometry,
     positive_pairs,
     ratio_test_curve,
     score_pairs,
+    spatial_neighbours,
+    threshold_at_recall,
 )
 from matcher.training.homography_patches import load_photo
 from conftest import require_shared
@@ -87,6 +90,38 @@ def test_benchmark_separates_a_real_descriptor_from_a_random_one(plane_scene: li
     assert strict["precision"] > loose["precision"] and strict["recall"] < loose["recall"]
     # Wider baselines are harder for RootSIFT.
     assert bin_metrics(real, angle >= 30)["map"] < good["map"]
+
+
+def _rolled(views: list[View], roll_deg: float, upright: bool) -> list[View]:
+    """The scene with the last camera turned by ``roll_deg`` about its optical axis (image re-rendered and
+    re-detected); every view detected with ``upright``."""
+    c, s = np.cos(np.deg2rad(roll_deg)), np.sin(np.deg2rad(roll_deg))
+    K = np.array([[420.0, 0, 199.5], [0, 420.0, 149.5], [0, 0, 1]])
+    G = K @ np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.linalg.inv(K)  # image-to-image map of the roll
+    out = []
+    for i, v in enumerate(views):
+        gray, P = (cv2.warpPerspective(v.gray, G, (400, 300)), G @ v.P) if i == len(views) - 1 else (v.gray, v.P)
+        out.append(View(v.name, gray, detect_keypoints(gray, DetectionConfig(max_keypoints=800, upright=upright)),
+                        normalise_projection(P)))
+    return out
+
+
+def test_orientation_error_of_the_positives_is_the_detectors(plane_scene: list[View]) -> None:
+    """SIFT orientations follow a camera roll (error ≈ 0); upright keypoints keep 0 and err by the roll."""
+    for upright, expected in ((False, 0.0), (True, 25.0)):
+        views = _rolled(plane_scene, 25.0, upright)
+        tracks = build_tracks(views)
+        pairs = positive_pairs(views, tracks)
+        g = pair_geometry(views, tracks, pairs)
+        rolled = (pairs.view_b == len(views) - 1) | (pairs.view_a == len(views) - 1)
+        assert rolled.sum() > 50 and (~rolled).sum() > 50
+        # within the 40°-azimuth view's shear and SIFT's own orientation noise (median 3-5° here)
+        assert abs(np.median(np.abs(g.orientation_error[rolled])) - expected) < 7.0
+        assert np.median(np.abs(g.orientation_error[~rolled])) < 5.0
+        assert np.median(np.abs(g.scale_error)) < 0.2  # log2: detected scales follow the depths
+    distance, ratio = spatial_neighbours(views, pairs)
+    assert distance.shape == (2 * len(pairs), 4) and np.nanmin(distance) > 0 and np.nanmin(ratio) > 0
+    assert threshold_at_recall(np.arange(100.0)) == 5.0  # 95 of the 100 positives at or above it
 
 
 def test_ground_truth_cameras_of_the_shared_scenes() -> None:

@@ -43,6 +43,10 @@ __all__ = [
     "view_patches",
     "patch_describer",
     "opencv_rootsift_describer",
+    "PairGeometry",
+    "pair_geometry",
+    "spatial_neighbours",
+    "threshold_at_recall",
 ]
 
 #: viewpoint-angle bins in degrees, [low, high).
@@ -245,3 +249,99 @@ def opencv_rootsift_describer() -> Describer:
         return rootsift.describe(view.gray, view.keypoints)
 
     return run
+
+
+# --- Diagnostics of the positives (why FPR95 is high); the metrics above do not use them. ---
+
+
+@dataclass
+class PairGeometry:
+    """Descriptor-independent geometry of the unordered positive pairs (M,) of :func:`positive_pairs`.
+
+    ``orientation_error`` (degrees, [-180, 180)): the change of the detected orientation measured from the
+    epipolar direction at each keypoint, ``(θ_b − φ_b) − (θ_a − φ_a)``. The local map from view a to view b
+    takes the epipolar line through p to the one through q, and with ``φ`` the direction of the tangent
+    ``u_a − u_b`` (u: unit vectors from the point to the camera centres) as projected into each view, it takes
+    ``φ_a`` to ``φ_b`` with the sign kept for any surface both cameras see. For a near-similarity local map the
+    difference is the error of the detector's orientation; for a tilted one it also holds the map's shear (up to
+    ~19° at tilt 2, i.e. 60° off a plane's normal).
+    ``scale_error``: log2 of the detected σ_b/σ_a over the depth-predicted ratio (f_b/z_b)/(f_a/z_a) (the tracks
+    keep |scale_error| < log2 1.5).
+    """
+
+    orientation_error: np.ndarray
+    scale_error: np.ndarray
+
+
+def _epipolar_direction(P: np.ndarray, X: np.ndarray, D: np.ndarray) -> np.ndarray:
+    """Angles (radians, counter-clockwise on screen) of the 3D directions D (M, 3) at points X (M, 3) projected
+    by the projection matrices P (M, 3, 4)."""
+    h = np.einsum("mij,mj->mi", P[:, :, :3], X) + P[:, :, 3]
+    z = h[:, 2:3]
+    xy = h[:, :2] / z
+    J = (P[:, :2, :3] - xy[:, :, None] * P[:, 2:3, :3]) / z[:, :, None]  # (M, 2, 3) Jacobian of the projection
+    d = np.einsum("mij,mj->mi", J, D)
+    return np.arctan2(-d[:, 1], d[:, 0])  # image y points down
+
+
+def pair_geometry(views: list[View], tracks: Tracks, pairs: PositivePairs) -> PairGeometry:
+    """Orientation and scale consistency of every positive pair (see :class:`PairGeometry`)."""
+    track_of = [np.full(len(v.keypoints), -1, np.int64) for v in views]
+    for t, v, k in zip(tracks.track, tracks.view, tracks.keypoint):
+        track_of[v][k] = t
+    X = tracks.points[np.array([track_of[v][k] for v, k in zip(pairs.view_a, pairs.kp_a)], np.int64)]
+    P = np.stack([v.P for v in views])
+    centres = np.stack([v.centre for v in views])
+    u_a = centres[pairs.view_a] - X
+    u_b = centres[pairs.view_b] - X
+    D = u_a / np.linalg.norm(u_a, axis=1, keepdims=True) - u_b / np.linalg.norm(u_b, axis=1, keepdims=True)
+    phi_a = _epipolar_direction(P[pairs.view_a], X, D)
+    phi_b = _epipolar_direction(P[pairs.view_b], X, D)
+    theta_a = np.array([views[v].keypoints.orientations[k] for v, k in zip(pairs.view_a, pairs.kp_a)], np.float64)
+    theta_b = np.array([views[v].keypoints.orientations[k] for v, k in zip(pairs.view_b, pairs.kp_b)], np.float64)
+    err = np.degrees((theta_b - phi_b) - (theta_a - phi_a))
+    err = (err + 180.0) % 360.0 - 180.0
+    sigma_a = np.array([views[v].keypoints.scales[k] for v, k in zip(pairs.view_a, pairs.kp_a)], np.float64)
+    sigma_b = np.array([views[v].keypoints.scales[k] for v, k in zip(pairs.view_b, pairs.kp_b)], np.float64)
+    z_a = np.einsum("mj,mj->m", P[pairs.view_a, 2, :3], X) + P[pairs.view_a, 2, 3]
+    z_b = np.einsum("mj,mj->m", P[pairs.view_b, 2, :3], X) + P[pairs.view_b, 2, 3]
+    focal = np.array([v.focal for v in views])
+    expected = (focal[pairs.view_b] / z_b) / (focal[pairs.view_a] / z_a)
+    return PairGeometry(err, np.log2(sigma_b / sigma_a / expected))
+
+
+def spatial_neighbours(views: list[View], pairs: PositivePairs, spatial_negatives: int = 4,
+                       exclusion_px: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Where the spatial negatives of :func:`score_pairs` lie (same order: 2M directed pairs × S neighbours).
+
+    Returns:
+        ``distance`` (2M, S) from the true keypoint q in units of σ_q, and ``scale_ratio`` (2M, S) σ_neighbour /
+        σ_q; NaN where view b has fewer keypoints.
+    """
+    dst_v = np.r_[pairs.view_b, pairs.view_a]
+    dst_k = np.r_[pairs.kp_b, pairs.kp_a]
+    distance = np.full((dst_v.size, spatial_negatives), np.nan)
+    ratio = np.full((dst_v.size, spatial_negatives), np.nan)
+    for b in np.unique(dst_v):
+        rows = np.flatnonzero(dst_v == b)
+        xy_b = torch.from_numpy(views[b].keypoints.xy.astype(np.float32))
+        sigma = views[b].keypoints.scales.astype(np.float64)
+        q = torch.from_numpy(dst_k[rows])
+        radius = torch.from_numpy(np.maximum(exclusion_px, 0.5 * sigma[dst_k[rows]]))
+        dist = torch.cdist(xy_b[q], xy_b)
+        dist = dist.masked_fill(dist < radius[:, None].float(), np.inf)
+        k = min(spatial_negatives, xy_b.shape[0])
+        nearest = dist.topk(k, dim=1, largest=False)
+        found = torch.isfinite(nearest.values).numpy()
+        s_q = sigma[dst_k[rows]][:, None]
+        d = nearest.values.double().numpy() / s_q
+        r = sigma[nearest.indices.numpy()] / s_q
+        distance[rows, :k] = np.where(found, d, np.nan)
+        ratio[rows, :k] = np.where(found, r, np.nan)
+    return distance, ratio
+
+
+def threshold_at_recall(positive: np.ndarray, recall: float = 0.95) -> float:
+    """The similarity threshold at which ``recall`` of the positives (P,) are accepted (FPR95's threshold)."""
+    ordered = np.sort(positive)[::-1]
+    return float(ordered[int(np.ceil(recall * ordered.size - 1e-9)) - 1])

@@ -14,7 +14,8 @@ from matcher.descriptors import load_sdgmnet
 from matcher.errors import ConfigError
 from matcher.training.datasets import build_homography_dataset, load_patch_set
 from matcher.training.hpatches_patches import patches_from_homography_sequence
-from matcher.training.trainer import TrainConfig, export_checkpoint, load_train_config, train
+from matcher.losses import get_loss
+from matcher.training.trainer import TrainConfig, build_hooks, export_checkpoint, load_train_config, train
 from conftest import require_shared
 
 
@@ -86,6 +87,15 @@ def test_miner_runs_as_a_hook_and_older_checkpoints_are_refused(tiny_data: tuple
     with pytest.raises(ConfigError, match="older matcher.*cannot be resumed"):
         train(config, progress=False)
     assert export_checkpoint(config, tmp_path / "old.pt") == 2  # its weights can still be exported
+
+
+def test_sdgm_trains_on_smart_miner_batches(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    # SDGM's margin is a method of its running statistics, not the miner's admission margin (issue 11's combination)
+    config = _config(tiny_data, tmp_path / "m.pt", loss="sdgm", miner="smart", identities_per_batch=16, heldout=[],
+                     steps=3)
+    assert train(config, progress=False).steps == 3
+    assert build_hooks(config, get_loss("sdgm"))[0].margin == 0.5
+    assert build_hooks(config, get_loss("smart_mining", margin=0.3))[0].margin == 0.3
 
 
 @pytest.mark.parametrize("line, message", [

@@ -242,7 +242,11 @@ def build_hooks(config: TrainConfig, loss: torch.nn.Module) -> list[TrainingHook
     """The run's hooks, in the order the trainer calls them: the miner, then the OTG."""
     hooks: list[TrainingHook] = []
     if config.miner == "smart":
-        hooks.append(SmartMiner(**{"margin": getattr(loss, "margin", 0.5), **config.miner_options}))
+        # the admission margin (squared chordal distance) is the loss's when it has a number for it (SmartMiningLoss);
+        # SDGM's margin is a method of its running angle statistics, so the miner's default 0.5 holds for it.
+        margin = getattr(loss, "margin", 0.5)
+        margin = float(margin) if isinstance(margin, (int, float)) else 0.5
+        hooks.append(SmartMiner(**{"margin": margin, **config.miner_options}))
     if config.otg:
         options = {"val_fraction": config.meta_val_fraction, **config.otg_options}
         hooks.append(OnlineThresholdGenerator(loss, **options))  # type: ignore[arg-type]

@@ -5,7 +5,8 @@ descriptor differs. Prints a Markdown table per scene: verified pairs, inlier ma
 3D points, track length, reprojection error, and the rotation/position error against ground truth where the
 scene has Strecha cameras.
 
-    python bench/heldout_scenes.py --model models/sdgmnet.pt [--scene entry-P10]
+    python bench/heldout_scenes.py --model models/sdgmnet.pt [--model models/sdgmnet-half.pt ...] [--scene entry-P10]
+                                   [--no-rootsift]
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ SCENES = shared_data_dir("scenes")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="SDGMNet weights.")
+    parser.add_argument("--model", required=True, action="append", help="SDGMNet weights (repeatable).")
+    parser.add_argument("--no-rootsift", action="store_true", help="Only the --model descriptors.")
     parser.add_argument("--scene", action="append", default=None, help="Scene folder name (default entry-P10).")
     parser.add_argument("--ratio", type=float, default=None, help="Ratio test for both (default: the preset's).")
     args = parser.parse_args()
@@ -36,8 +38,10 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for scene in args.scene or ["entry-P10"]:
         images = SCENES / scene / "images"
-        for name, overrides in (("rootsift", [{"descriptor": {"name": "rootsift"}}]),
-                                ("sdgmnet", [{"descriptor": {"name": "sdgmnet", "weights": args.model}}])):
+        runs = [] if args.no_rootsift else [("rootsift", [{"descriptor": {"name": "rootsift"}}])]
+        runs += [(Path(m).stem if len(args.model) > 1 else "sdgmnet",
+                  [{"descriptor": {"name": "sdgmnet", "weights": m}}]) for m in args.model]
+        for name, overrides in runs:
             if args.ratio is not None:
                 overrides.append({"matching": {"ratio": args.ratio}})
             config = load_config("default", overrides + [{"mapping": {"num_threads": 2}}])

@@ -119,6 +119,9 @@ def test_orientation_error_of_the_positives_is_the_detectors(plane_scene: list[V
         assert abs(np.median(np.abs(g.orientation_error[rolled])) - expected) < 7.0
         assert np.median(np.abs(g.orientation_error[~rolled])) < 5.0
         assert np.median(np.abs(g.scale_error)) < 0.2  # log2: detected scales follow the depths
+    # detection.upright changes the orientations only: the same keypoints (so cached tracks stay valid)
+    np.testing.assert_array_equal(views[0].keypoints.xy, plane_scene[0].keypoints.xy)
+    np.testing.assert_array_equal(views[0].keypoints.scales, plane_scene[0].keypoints.scales)
     distance, ratio = spatial_neighbours(views, pairs)
     assert distance.shape == (2 * len(pairs), 4) and np.nanmin(distance) > 0 and np.nanmin(ratio) > 0
     assert threshold_at_recall(np.arange(100.0)) == 5.0  # 95 of the 100 positives at or above it

@@ -3,7 +3,7 @@
 Pairs: shared photos seen under synthetic tilts (``matcher.evaluation.viewpoint.write_tilted_pairs``: tilt t,
 random longitude, in-plane rotation and a mild perspective, ground-truth H known) and the HPatches sequence
 ``homography/v_churchill`` (pairs 1-k). Methods, in the same process: ``ours-viewpoint`` (the ``viewpoint``
-preset: SDGMNet + matching on demand), ``ours-sdgmnet`` (the plain default) and ``pycolmap-sift``. Each pair is
+preset: SDGMNet + matching on demand), ``ours-default`` (the plain default) and ``pycolmap-sift``. Each pair is
 a two-image run; the homography is fitted to the method's own verified inliers. The same as
 ``matcher eval --viewpoint``; this script adds the machine notes.
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tilts", default="2,3,4,5,6,8")
     parser.add_argument("--photos", type=int, default=4, help="how many of the shared photos (in the list's order)")
-    parser.add_argument("--methods", default="ours-viewpoint,ours-sdgmnet,pycolmap-sift")
+    parser.add_argument("--methods", default="ours-viewpoint,ours-default,pycolmap-sift")
     parser.add_argument("--no-hpatches", action="store_true", help="skip homography/v_churchill")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)

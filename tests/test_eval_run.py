@@ -177,3 +177,17 @@ def test_a_weights_file_is_evaluated_as_its_own_method(tmp_path: Path) -> None:
     assert rows[0]["keypoints"] > 100 and rows[0]["matches"] > 0
     config = (tmp_path / "work" / "ours_random.pt" / "database.config.toml").read_text()
     assert 'name = "sdgmnet"' in config and str(weights) in config
+
+
+def test_ours_methods_say_which_preset_and_weights_they_run() -> None:
+    """ours-default is the default preset as shipped (its compact network), ours-sdgmnet the full network."""
+    methods, notes = build_methods(["ours-default", "ours-sdgmnet", "ours-rootsift"], settings=EvalSettings())
+    assert notes == [] and [m.name for m in methods] == ["ours-default", "ours-sdgmnet", "ours-rootsift"]
+    default, full, rootsift = methods
+    shipped = load_config("default")
+    assert default.config().descriptor.weights == shipped.descriptor.weights == "sdgmnet-half"
+    assert default.config().matching.ratio == shipped.matching.ratio
+    assert full.config().descriptor.weights == "sdgmnet" and rootsift.config().descriptor.name == "rootsift"
+    assert "preset default" in default.description and "models/sdgmnet-half.pt" in default.description
+    assert "preset sdgmnet" in full.description and "models/sdgmnet.pt" in full.description
+    assert f"ratio {shipped.matching.ratio:g}" in default.description

@@ -14,6 +14,7 @@ from .homography import (
 from .plots import draw_matches, plot_accuracy_curves
 from .pose import (
     StrechaCamera,
+    camera_from_projection,
     estimate_relative_pose,
     pose_auc,
     read_strecha_camera,
@@ -27,6 +28,7 @@ from .report import format_value, markdown_table, write_report
 from .sfm import (
     absolute_pose_errors,
     align_similarity,
+    compare_to_cameras,
     compare_to_strecha,
     reconstruction_poses,
     reconstruction_summary,
@@ -36,6 +38,8 @@ __all__ = [
     "StrechaCamera",
     "absolute_pose_errors",
     "align_similarity",
+    "camera_from_projection",
+    "compare_to_cameras",
     "compare_to_strecha",
     "corner_error",
     "draw_matches",

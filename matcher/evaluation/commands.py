@@ -45,11 +45,13 @@ _EVAL_HELP = """Compare matchers on data with ground truth and write a Markdown 
 \b
 Homography sequences (HPatches layout: 1.ppm ... 6.ppm, H_1_k): mean matching accuracy at 1-10 px,
 homography accuracy at 1/3/5 px, matches and correct matches.
-Scenes (Strecha layout: images/, gt_dense_cameras/*.camera): relative pose AUC at 1/2/5/10/20 degrees
-over all pairs, and (unless --no-reconstruct) incremental SfM with camera errors after a similarity
-alignment, registered images, points, track length, reprojection error.
-Methods: ours-rootsift, ours-sdgmnet (when models/sdgmnet.pt ships), ours:<FILE> for each --weights,
-opencv-sift, pycolmap-sift; ours-viewpoint (matching on demand) when named in --methods.
+Scenes (images/ with gt_dense_cameras/*.camera, or cameras/STEM_P.txt projection matrices): relative
+pose AUC at 1/2/5/10/20 degrees over all pairs, and (unless --no-reconstruct) incremental SfM with camera
+errors after a similarity alignment, registered images, points, track length, reprojection error.
+Methods: ours-rootsift (default preset, RootSIFT), ours-default (the default preset as shipped: compact
+SDGMNet, models/sdgmnet-half.pt), ours-sdgmnet (the sdgmnet preset: full network, models/sdgmnet.pt),
+ours:<FILE> for each --weights (default preset, those weights), opencv-sift, pycolmap-sift; ours-viewpoint
+(matching on demand) when named in --methods. --max-edge and --max-keypoints apply to every method.
 Without --sequence/--scene, every dataset under --data is used.
 """
 
@@ -75,7 +77,7 @@ Without --sequence/--scene, every dataset under --data is used.
 @click.option("--viewpoint", is_flag=True, default=False,
               help="Extreme-viewpoint pairs instead: shared photos under synthetic tilts (--tilts) and "
                    "homography/v_churchill; accuracy @5 px per tilt band, time per pair, the on-demand step that "
-                   "solved each [methods default: ours-viewpoint, ours-sdgmnet, pycolmap-sift].")
+                   "solved each [methods default: ours-viewpoint, ours-default, pycolmap-sift].")
 @click.option("--tilts", default="2,3,4,5,6,8", show_default=True, help="Tilts of the --viewpoint pairs.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="Print only the report path.")
 def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tuple[Path, ...],
@@ -89,7 +91,7 @@ def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tup
         settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed)  # checked when built
         names = [n.strip() for item in method_names for n in item.split(",") if n.strip()]
         if viewpoint:
-            _viewpoint_eval(data_dir, out_dir, names or ["ours-viewpoint", "ours-sdgmnet", "pycolmap-sift"],
+            _viewpoint_eval(data_dir, out_dir, names or ["ours-viewpoint", "ours-default", "pycolmap-sift"],
                             settings, tilts, quiet)
             return
         methods, notes = build_methods(names or None, list(weights), settings)
@@ -104,7 +106,8 @@ def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tup
                 raise NoImagesError(f"{root}: data folder does not exist (pass --data DIR or set MATCHER_SHARED_DATA)")
             chosen_sequences, chosen_scenes = find_datasets(root)
             if not chosen_sequences and not chosen_scenes:
-                raise NoImagesError(f"{root}: no homography/<sequence>/H_1_* nor scenes/<scene>/gt_dense_cameras")
+                raise NoImagesError(f"{root}: no homography/<sequence>/H_1_* nor scenes/<scene>/gt_dense_cameras "
+                                   "or cameras/*_P.txt")
         for note in notes:
             click.echo(f"note: {note}", err=True)
         command = "matcher " + " ".join(shlex.quote(a) for a in sys.argv[1:])

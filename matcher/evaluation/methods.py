@@ -8,11 +8,14 @@ all methods alike.
 
 Methods:
 
-* ``ours-rootsift``, ``ours-sdgmnet``, ``ours:<weights.pt>``: the real pipeline, :func:`matcher.pipeline.run_match`
-  (DoG -> descriptor -> mutual NN + ratio test -> MAGSAC++ F/H -> database), keypoints and matches read back
-  from the HDF5 files it writes.
-* ``ours-viewpoint`` (only when named): the ``viewpoint`` preset, SDGMNet then matching on demand
-  (:mod:`matcher.on_demand`); keypoints as the database holds them (view keypoints appended), pairs solved on
+* ``ours-default``, ``ours-sdgmnet``, ``ours-rootsift``, ``ours:<weights.pt>``: the real pipeline,
+  :func:`matcher.pipeline.run_match` (DoG -> descriptor -> mutual NN + ratio test -> MAGSAC++ F/H -> database),
+  keypoints and matches read back from the HDF5 files it writes. ``ours-default`` is the ``default`` preset as
+  shipped (the compact SDGMNet, models/sdgmnet-half.pt, and its settings); ``ours-sdgmnet`` the ``sdgmnet`` preset
+  (the full network, models/sdgmnet.pt); ``ours-rootsift`` the default preset with RootSIFT; ``ours:<file>`` the
+  default preset with those weights. Each method's description names its preset, weights file and ratio.
+* ``ours-viewpoint`` (only when named): the ``viewpoint`` preset (its SDGMNet weights, then matching on demand,
+  :mod:`matcher.on_demand`); keypoints as the database holds them (view keypoints appended), pairs solved on
   demand with their on-demand matches.
 * ``opencv-sift``: ``cv2.SIFT_create(nfeatures=max_keypoints).detectAndCompute`` on the same resized image
   (plain SIFT, L2-normalised; OpenCV's own keypoint selection by response, second orientations kept), then
@@ -57,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger("matcher")
 
-METHOD_NAMES = ("ours-rootsift", "ours-sdgmnet", "opencv-sift", "pycolmap-sift")
+METHOD_NAMES = ("ours-rootsift", "ours-default", "ours-sdgmnet", "opencv-sift", "pycolmap-sift")
 ON_REQUEST_METHODS = ("ours-viewpoint",)
 """Run only when named (``--methods``): the ``viewpoint`` preset (SDGMNet + matching on demand)."""
 
@@ -79,15 +82,17 @@ class EvalSettings:
     def __post_init__(self) -> None:
         check_settings(self, "eval")  # the pipeline configuration's checks: one ConfigError naming the value
 
-    def pipeline_config(self, descriptor: str = "rootsift", weights: str | None = None,
+    def pipeline_config(self, descriptor: str | None = "rootsift", weights: str | None = None,
                         preset: str = "default") -> PipelineConfig:
-        """A preset (default: ``default``) with these settings (the config ``ours-*`` runs and ``opencv-sift`` reuses)."""
+        """A preset (default: ``default``) with these settings (the config ``ours-*`` runs and ``opencv-sift`` reuses);
+        ``descriptor`` / ``weights`` None: the preset's."""
         overrides: list[dict] = [
             {"images": {"max_edge": self.max_edge}},
             {"detection": {"max_keypoints": self.max_keypoints}},
-            {"descriptor": {"name": descriptor}},
             {"mapping": {"seed": self.seed, "num_threads": self.num_threads}},
         ]
+        if descriptor is not None:
+            overrides.append({"descriptor": {"name": descriptor}})
         if weights is not None:
             overrides.append({"descriptor": {"weights": str(weights)}})
         return load_config(preset, overrides)
@@ -161,24 +166,40 @@ class _DropNonImageNotes(logging.Filter):
         return not record.getMessage().endswith("not an image file")
 
 
-class OursMethod(Method):
-    """The pipeline itself (:func:`matcher.pipeline.run_match`) with a descriptor."""
+def _describe(preset: str, config: PipelineConfig) -> str:
+    """What an ``ours-*`` method runs: preset, detector budget, descriptor and weights file, matching, verification."""
+    from matcher.descriptors import shipped_models
 
-    def __init__(self, settings: EvalSettings, descriptor: str = "rootsift", weights: str | Path | None = None,
+    descriptor = config.descriptor.name
+    if descriptor == "sdgmnet":
+        weights = config.descriptor.weights
+        descriptor += f" (weights {f'models/{weights}.pt' if weights in shipped_models() else weights})"
+    d = config.detection
+    return (
+        f"matcher pipeline, preset {Path(preset).name}: DoG (OpenCV, contrast threshold {d.contrast_threshold:g}, "
+        f"largest scales kept up to the budget, one orientation per location) + {descriptor}, mutual NN + ratio "
+        f"{config.matching.ratio:g}, MAGSAC++ F/H at {config.verification.threshold:g} px of the detection image"
+        + (", then matching on demand with affine view synthesis for failed pairs (matcher.on_demand)"
+           if config.viewpoint.on_demand else "")
+    )
+
+
+class OursMethod(Method):
+    """The pipeline itself (:func:`matcher.pipeline.run_match`) with a preset, optionally another descriptor or
+    weights (None: the preset's)."""
+
+    def __init__(self, settings: EvalSettings, descriptor: str | None = "rootsift", weights: str | Path | None = None,
                  name: str | None = None, preset: str = "default") -> None:
         self.settings = settings
         self.descriptor = descriptor
         self.preset = preset
         self.weights = None if weights is None else str(weights)
-        self.name = name or f"ours-{descriptor}"
-        weights_note = f", weights {self.weights}" if self.weights else ""
-        self.description = (
-            f"matcher pipeline: DoG (OpenCV, largest scales kept, one orientation per location) + {descriptor}"
-            f"{weights_note}, mutual NN + ratio {PipelineConfig().matching.ratio:g}, MAGSAC++ F/H at 1 px of the "
-            "detection image"
-            + (", then matching on demand with affine view synthesis for failed pairs (matcher.on_demand)"
-               if preset == "viewpoint" else "")
-        )
+        config = self.config()
+        self.name = name or f"ours-{config.descriptor.name}"
+        self.description = _describe(preset, config)
+
+    def config(self) -> PipelineConfig:
+        return self.settings.pipeline_config(self.descriptor, self.weights, self.preset)
 
     def config(self) -> PipelineConfig:
         return self.settings.pipeline_config(self.descriptor, self.weights, self.preset)
@@ -379,14 +400,18 @@ class PycolmapSiftMethod(Method):
         return run
 
 
+_PRESET_METHODS = {"ours-default": "default", "ours-sdgmnet": "sdgmnet", "ours-viewpoint": "viewpoint"}
+"""Methods that run a preset as shipped (its descriptor and weights), with the evaluation's shared settings."""
+
+
 def build_methods(
     names: list[str] | None, weights: list[str | Path] | tuple = (), settings: EvalSettings | None = None
 ) -> tuple[list[Method], list[str]]:
     """Methods by name (None: all available), plus ``ours:<file>`` for each weights file.
 
-    Returns (methods, notes): ``ours-sdgmnet`` is skipped with a note while no trained weights ship in
-    ``models/`` (pass the file with ``weights`` instead). Unknown names raise ConfigError; a missing
-    weights file raises ModelWeightsError.
+    Returns (methods, notes): ``ours-default`` / ``ours-sdgmnet`` / ``ours-viewpoint`` are skipped with a note
+    when their preset's weights do not ship in ``models/`` (pass the file with ``weights`` instead). Unknown names
+    raise ConfigError; a missing weights file raises ModelWeightsError.
     """
     from matcher.descriptors import resolve_weights, shipped_models
     from matcher.errors import ConfigError
@@ -401,14 +426,14 @@ def build_methods(
     for name in requested:
         if name == "ours-rootsift":
             methods.append(OursMethod(settings, "rootsift"))
-        elif name == "ours-sdgmnet":
-            if "sdgmnet" in shipped_models():
-                methods.append(OursMethod(settings, "sdgmnet", "sdgmnet"))
+        elif name in _PRESET_METHODS:
+            preset = _PRESET_METHODS[name]
+            config = load_config(preset)
+            if config.descriptor.name != "sdgmnet" or config.descriptor.weights in shipped_models():
+                methods.append(OursMethod(settings, None, name=name, preset=preset))
             else:
-                notes.append("ours-sdgmnet skipped: no trained weights ship in models/ yet (models/sdgmnet.pt); "
-                             "pass --weights FILE to evaluate a weights file")
-        elif name == "ours-viewpoint":
-            methods.append(OursMethod(settings, "sdgmnet", "sdgmnet", name="ours-viewpoint", preset="viewpoint"))
+                notes.append(f"{name} skipped: the weights of the {preset} preset do not ship in models/ "
+                             f"({config.descriptor.weights}.pt); pass --weights FILE to evaluate a weights file")
         elif name == "opencv-sift":
             methods.append(OpenCVSiftMethod(settings))
         elif name == "pycolmap-sift":

@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "StrechaCamera",
+    "camera_from_projection",
     "estimate_relative_pose",
     "nearest_rotation",
     "pose_auc",
@@ -96,6 +97,24 @@ def read_strecha_camera(
         width, height = int(image_size[0]), int(image_size[1])
     R = nearest_rotation(R_file.T)
     return StrechaCamera(K=K, R=R, t=-R @ center, center=center, width=width, height=height)
+
+
+def camera_from_projection(P: np.ndarray, width: int, height: int) -> StrechaCamera:
+    """The calibrated camera of a (3, 4) projection matrix P ~ K [R | t] (e.g. buddha's ``cameras/STEM_P.txt``).
+
+    K is scaled to K[2, 2] = 1 with a positive diagonal, R is a rotation (the overall sign of P is chosen so), and
+    the camera centre is in P's world units (for buddha: AliceVision's, not metres).
+    """
+    P = np.asarray(P, dtype=np.float64).reshape(3, 4)
+    if np.linalg.det(P[:, :3]) < 0:
+        P = -P
+    K, R, C_h = cv2.decomposeProjectionMatrix(P)[:3]
+    signs = np.diag(np.sign(np.diag(K)))  # K D and D R with D = D^-1: the same product, positive focal lengths
+    K, R = K @ signs, signs @ R
+    K = K / K[2, 2]
+    R = nearest_rotation(R)
+    center = (C_h[:3, 0] / C_h[3, 0]).astype(np.float64)
+    return StrechaCamera(K=K, R=R, t=-R @ center, center=center, width=int(width), height=int(height))
 
 
 def nearest_rotation(M: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ Homography sequences (HPatches layout), for the pairs (1, k):
 * homography accuracy: one H per pair fitted to the raw matches by the same estimator for every method
   (OpenCV MAGSAC++, ``homography_ransac_px``, seed 0), mean corner error <= 1, 3, 5 px.
 
-Scenes with ground-truth cameras (Strecha layout):
+Scenes with ground-truth cameras (Strecha layout, ``gt_dense_cameras/NAME.camera``, or a 3x4 projection matrix per
+image, ``cameras/STEM_P.txt`` as buddha's):
 
 * every image pair: relative pose from the raw matches with :func:`estimate_relative_pose` (MAGSAC++ on the
   essential matrix with the ground-truth K; threshold 1 px of the detection image, in full-resolution
@@ -48,6 +49,8 @@ from matcher.evaluation.homography import (
 from matcher.evaluation.methods import EvalSettings, Method, MethodRun
 from matcher.evaluation.plots import draw_matches, plot_accuracy_curves
 from matcher.evaluation.pose import (
+    StrechaCamera,
+    camera_from_projection,
     estimate_relative_pose,
     pose_auc,
     read_strecha_camera,
@@ -89,13 +92,13 @@ def find_datasets(data_root: Path) -> tuple[list[Path], list[Path]]:
     """(homography sequences, scenes with ground-truth cameras) under a data folder laid out as ../shared/data.
 
     Sequences: ``homography/*/`` holding ``H_1_*``; scenes: ``scenes/*/`` holding ``images/`` and
-    ``gt_dense_cameras/``.
+    ``gt_dense_cameras/`` or ``cameras/*_P.txt``.
     """
     data_root = Path(data_root)
     sequences = sorted(p for p in (data_root / "homography").glob("*") if p.is_dir() and any(p.glob("H_1_*")))
     scenes = sorted(
         p for p in (data_root / "scenes").glob("*")
-        if (p / "images").is_dir() and (p / "gt_dense_cameras").is_dir()
+        if (p / "images").is_dir() and ((p / "gt_dense_cameras").is_dir() or any((p / "cameras").glob("*_P.txt")))
     )
     return sequences, scenes
 
@@ -235,20 +238,40 @@ def evaluate_homography(
 # --- scenes with ground-truth cameras -------------------------------------------------------------------
 
 
-def _scene_ground_truth(scene_dir: Path) -> tuple[Path, dict[str, Any]]:
-    scene_dir = Path(scene_dir)
-    image_dir, gt_dir = scene_dir / "images", scene_dir / "gt_dense_cameras"
-    if not scene_dir.is_dir():
-        raise NoImagesError(f"{scene_dir}: scene folder does not exist")
-    if not image_dir.is_dir() or not gt_dir.is_dir():
-        raise ConfigError(f"{scene_dir}: expected the Strecha layout, images/ and gt_dense_cameras/")
+def scene_cameras(scene_dir: Path) -> dict[str, StrechaCamera]:
+    """{image name: camera} of a scene's images that have ground truth: Strecha ``gt_dense_cameras/NAME.camera``
+    or, without that folder, a 3x4 projection matrix ``cameras/STEM_P.txt`` (``00006._c.jpg`` -> ``00006_P.txt``)."""
+    from PIL import Image
+
+    image_dir, gt_dir = Path(scene_dir) / "images", Path(scene_dir) / "gt_dense_cameras"
     cameras = {}
     for name in list_images(image_dir):
-        path = gt_dir / f"{Path(name).name}.camera"
+        if gt_dir.is_dir():
+            path = gt_dir / f"{Path(name).name}.camera"
+            if path.is_file():
+                cameras[name] = read_strecha_camera(path)
+            continue
+        path = Path(scene_dir) / "cameras" / f"{Path(name).name.split('.', 1)[0]}_P.txt"
         if path.is_file():
-            cameras[name] = read_strecha_camera(path)
+            try:
+                P = np.loadtxt(path).reshape(3, 4)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: expected a 3x4 projection matrix ({exc})") from None
+            with Image.open(image_dir / name) as image:
+                cameras[name] = camera_from_projection(P, *image.size)
+    return cameras
+
+
+def _scene_ground_truth(scene_dir: Path) -> tuple[Path, dict[str, Any]]:
+    scene_dir = Path(scene_dir)
+    image_dir = scene_dir / "images"
+    if not scene_dir.is_dir():
+        raise NoImagesError(f"{scene_dir}: scene folder does not exist")
+    if not image_dir.is_dir() or not ((scene_dir / "gt_dense_cameras").is_dir() or (scene_dir / "cameras").is_dir()):
+        raise ConfigError(f"{scene_dir}: expected images/ and gt_dense_cameras/ (Strecha layout) or cameras/*_P.txt")
+    cameras = scene_cameras(scene_dir)
     if len(cameras) < 2:
-        raise ConfigError(f"{scene_dir}: fewer than two images have a ground-truth camera in {gt_dir}")
+        raise ConfigError(f"{scene_dir}: fewer than two images have a ground-truth camera")
     return image_dir, cameras
 
 
@@ -268,7 +291,7 @@ def evaluate_scene(
     points3D, track_length, reprojection_error, rotation_error_median/max (deg), position_error_median/max
     (ground-truth units, metres), map_time_s; picture, error.
     """
-    from matcher.evaluation.sfm import compare_to_strecha, reconstruction_summary
+    from matcher.evaluation.sfm import compare_to_cameras, reconstruction_summary
 
     settings = settings or EvalSettings()
     image_dir, cameras = _scene_ground_truth(scene_dir)
@@ -323,7 +346,7 @@ def evaluate_scene(
 
                 rec = pycolmap.Reconstruction(run.reconstruction_dir)
                 summary = reconstruction_summary(rec)
-                comparison = compare_to_strecha(rec, Path(scene_dir) / "gt_dense_cameras")
+                comparison = compare_to_cameras(rec, {Path(n).name: c for n, c in cameras.items()})
                 per_image = comparison["per_image"].values()
                 row.update(
                     registered=summary["registered_images"],

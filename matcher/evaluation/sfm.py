@@ -18,10 +18,13 @@ from .pose import nearest_rotation, read_strecha_camera, rotation_angle_deg
 if TYPE_CHECKING:
     import pycolmap
 
+    from .pose import StrechaCamera
+
 __all__ = [
     "absolute_pose_errors",
     "rotation_alignment",
     "align_similarity",
+    "compare_to_cameras",
     "compare_to_strecha",
     "reconstruction_poses",
     "reconstruction_summary",
@@ -188,24 +191,41 @@ def compare_to_strecha(
     """Camera poses of rec against Strecha ground truth ``gt_dir/<image name>.camera``.
 
     gt_dir: the ``gt_dense_cameras`` folder, or the scene folder that contains it. Registered images
-    are matched by file name (``sub/0000.jpg`` -> ``0000.jpg.camera``). Returns
-    num_matched (registered images with a ground-truth file), num_registered, num_ground_truth,
-    rotation_error_deg_{median,mean}, position_error_{median,mean} (ground-truth units, after a
-    similarity alignment of the centres) and the per-image errors under ``per_image`` as
-    ``{name: (rotation deg, position)}``. With fewer than 3 matched images the errors are NaN.
+    are matched by file name (``sub/0000.jpg`` -> ``0000.jpg.camera``). Returns what
+    :func:`compare_to_cameras` returns, with num_ground_truth the number of ``.camera`` files.
     """
     gt_dir = Path(gt_dir)
     if (gt_dir / "gt_dense_cameras").is_dir():
         gt_dir = gt_dir / "gt_dense_cameras"
     if not gt_dir.is_dir():
         raise FileNotFoundError(f"ground-truth camera folder not found: {gt_dir}")
+    cameras = {}
+    for name in reconstruction_poses(rec):
+        path = gt_dir / f"{Path(name).name}.camera"
+        if path.is_file():
+            cameras[Path(name).name] = read_strecha_camera(path)
+    result = compare_to_cameras(rec, cameras, robust=robust)
+    result["num_ground_truth"] = len(list(gt_dir.glob("*.camera")))
+    return result
+
+
+def compare_to_cameras(
+    rec: "pycolmap.Reconstruction", cameras: dict[str, "StrechaCamera"], robust: bool = False
+) -> dict[str, Any]:
+    """Camera poses of rec against ground-truth cameras {image file name: StrechaCamera}.
+
+    Registered images are matched by file name (``sub/0000.jpg`` -> ``0000.jpg``). Returns
+    num_matched (registered images with a ground-truth camera), num_registered, num_ground_truth,
+    rotation_error_deg_{median,mean}, position_error_{median,mean} (ground-truth units, after a
+    similarity alignment of the centres) and the per-image errors under ``per_image`` as
+    ``{name: (rotation deg, position)}``. With fewer than 3 matched images the errors are NaN.
+    """
     estimated = reconstruction_poses(rec)
     names, R_est, C_est, R_gt, C_gt = [], [], [], [], []
     for name, (R, C) in sorted(estimated.items()):
-        path = gt_dir / f"{Path(name).name}.camera"
-        if not path.is_file():
+        camera = cameras.get(Path(name).name)
+        if camera is None:
             continue
-        camera = read_strecha_camera(path)
         names.append(name)
         R_est.append(R)
         C_est.append(C)
@@ -214,7 +234,7 @@ def compare_to_strecha(
     result: dict[str, Any] = {
         "num_matched": len(names),
         "num_registered": len(estimated),
-        "num_ground_truth": len(list(gt_dir.glob("*.camera"))),
+        "num_ground_truth": len(cameras),
     }
     if len(names) < 3:
         nan = float("nan")

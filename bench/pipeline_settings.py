@@ -13,8 +13,8 @@ pipeline's MAGSAC++ (:func:`matcher.stages.verify_matches`). Columns:
 * relative-pose AUC@5° / @10° against the ground-truth cameras, the protocol of ``matcher eval``: an essential
   matrix (MAGSAC, 1 px) from each pair's matches, error = max(rotation, translation direction); failures count.
 
-Budgets: ``4096`` (the presets' ``max_keypoints`` and ``contrast_threshold`` 0.02) and ``8192-low`` (8,192 with
-the DoG threshold lowered to 0.01, so low-texture images fill the budget).
+Budgets: ``4096`` (``max_keypoints`` 4,096 and ``contrast_threshold`` 0.02), ``5120-low``, ``6144-low`` and ``8192-low``
+(5,120, 6,144 or 8,192 with the DoG threshold lowered to 0.01, so low-texture images fill the budget).
 
 Only training scenes: castle-P19 (default) and castle-P30 have ground-truth cameras; entry-P10 and buddha are
 the held-out scenes of models/sdgmnet.md and are refused.
@@ -45,6 +45,8 @@ from matcher.storage import FeatureStore, ImageFeatures
 HELDOUT_SCENES = ("entry-P10", "buddha")
 BUDGETS = {
     "4096": {"max_keypoints": 4096, "contrast_threshold": 0.02},
+    "5120-low": {"max_keypoints": 5120, "contrast_threshold": 0.01},
+    "6144-low": {"max_keypoints": 6144, "contrast_threshold": 0.01},
     "8192-low": {"max_keypoints": 8192, "contrast_threshold": 0.01},
 }
 RATIOS = (0.0, 0.8, 0.85, 0.9, 0.95)  # 0: no ratio test

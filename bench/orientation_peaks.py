@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from matcher.config import DetectionConfig
 from matcher.descriptors import describe_patches, load_sdgmnet
 from matcher.evaluation.report import markdown_grid
 from matcher.patches import extract_patches, lafs_from_keypoints
@@ -29,7 +30,6 @@ from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
 from matcher.training.gt_tracks import Tracks, View, build_tracks, detect_views
 from matcher.training.hard_benchmark import ANGLE_BINS, DirectedScores, PositivePairs, bin_metrics, positive_pairs
-from matcher.config import DetectionConfig
 
 
 def orientation_peaks(view: View, detection: DetectionConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -76,7 +76,8 @@ def score_max_over_orientations(views: list[View], pairs: PositivePairs, owners:
             q = torch.from_numpy(dst_k[r])
             positive[r] = sims[torch.arange(r.size), q].numpy()
             dist = torch.cdist(xy[q], xy)
-            excluded = dist < torch.from_numpy(np.maximum(exclusion_px, 0.5 * views[b].keypoints.scales[dst_k[r]]))[:, None]
+            radius = np.maximum(exclusion_px, 0.5 * views[b].keypoints.scales[dst_k[r]])
+            excluded = dist < torch.from_numpy(radius)[:, None]
             hardest[r] = sims.masked_fill(excluded, -np.inf).max(1).values.numpy()
             near = dist.masked_fill(excluded, np.inf).topk(min(4, nb), dim=1, largest=False)
             vals = sims.gather(1, near.indices)
@@ -93,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     detection = DetectionConfig()
-    describers = {f"SDGMNet {Path(args.model).name}": load_sdgmnet(args.model)[0], "RootSIFT (our patch, kornia)": "rootsift"}
+    describers = {f"SDGMNet {Path(args.model).name}": load_sdgmnet(args.model)[0],
+                  "RootSIFT (our patch, kornia)": "rootsift"}
     scores: dict[tuple[str, str], list[DirectedScores]] = {}
     angle, scene_of = [], []
     t0 = time.perf_counter()
@@ -124,14 +126,17 @@ def main() -> None:
         print(f"{scene}: {len(pairs):,} pairs, {np.mean([len(o) / max(len(set(o)), 1) for o in owners]):.3f} "
               f"orientations per keypoint ({time.perf_counter() - t0:.0f} s)", flush=True)
     angle_all, scene_all = np.concatenate(angle), np.concatenate(scene_of)
-    groups = [(scene, scene_all == s) for s, scene in enumerate(args.scenes)] + [("pooled", np.ones(angle_all.size, bool))]
+    groups = [(scene, scene_all == s) for s, scene in enumerate(args.scenes)]
+    groups.append(("pooled", np.ones(angle_all.size, bool)))
     rows = []
     for (name, mode), parts in scores.items():
-        sc = DirectedScores(*(np.concatenate([getattr(p, f) for p in parts]) for f in DirectedScores.__dataclass_fields__))
+        sc = DirectedScores(*(np.concatenate([getattr(p, f) for p in parts])
+                              for f in DirectedScores.__dataclass_fields__))
         for label, mask in groups:
-            rows.append([name, mode, label] + [f"{100 * bin_metrics(sc, mask & (angle_all >= lo) & (angle_all < hi))['fpr95']:.1f}%"
-                                               for lo, hi in ANGLE_BINS])
-    print("\n" + markdown_grid(["descriptor", "orientations", "scenes"] + [f"FPR95 {lo:g}-{hi:g}°" for lo, hi in ANGLE_BINS], rows))
+            in_bins = [mask & (angle_all >= lo) & (angle_all < hi) for lo, hi in ANGLE_BINS]
+            rows.append([name, mode, label] + [f"{100 * bin_metrics(sc, m)['fpr95']:.1f}%" for m in in_bins])
+    header = ["descriptor", "orientations", "scenes"] + [f"FPR95 {lo:g}-{hi:g}°" for lo, hi in ANGLE_BINS]
+    print("\n" + markdown_grid(header, rows))
     print(f"\n{time.perf_counter() - t0:.0f} s")
 
 

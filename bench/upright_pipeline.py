@@ -45,12 +45,14 @@ def main() -> None:
     parser.add_argument("--scenes", nargs="+", default=["entry-P10"])
     parser.add_argument("--presets", nargs="+", default=["default"], help="Pipeline presets (default, sdgmnet, rootsift).")
     parser.add_argument("--max-edge", type=int, default=1600, help="The pipeline's images.max_edge (default preset: 1600).")
+    parser.add_argument("--max-keypoints", type=int, default=4096,
+                        help="Keypoint budget of every method (matcher eval's --max-keypoints; overrides the presets').")
     parser.add_argument("--reconstruct", action="store_true", help="Also run SfM (registered images).")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    settings = EvalSettings(max_edge=args.max_edge, num_threads=1)
+    settings = EvalSettings(max_edge=args.max_edge, max_keypoints=args.max_keypoints, num_threads=1)
     methods = []
     for preset in args.presets:
         methods.append(OursMethod(settings, descriptor=None, name=f"{preset}", preset=preset))

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from matcher.cli import main
-from matcher.training.finetune import BIN_LABELS, split_tracks, subset_views
+from matcher.config import load_config
+from matcher.training.finetune import BIN_LABELS, default_base, split_tracks, subset_views
 from matcher.training.gt_tracks import Tracks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,6 +37,8 @@ def test_report_carries_hard_bin_metrics_before_and_after(tuned: tuple[Path, dic
     out, report, output = tuned
     assert out.is_file()
     assert report["registered"] >= 3 and report["heldout_tracks"] > 0 and report["train_tracks"] > 0
+    # without --model it starts from the preset's weights: the default preset's compact network
+    assert report["base"] == load_config("default").descriptor.weights == "sdgmnet-half"
     for when in ("before", "after"):
         assert list(report[when]) == list(BIN_LABELS)
         everything = report[when]["all"]
@@ -45,6 +48,11 @@ def test_report_carries_hard_bin_metrics_before_and_after(tuned: tuple[Path, dic
     assert all(report["before"][b]["positives"] == report["after"][b]["positives"] for b in BIN_LABELS)
     assert report["before"]["all"]["map"] != report["after"]["all"]["map"]
     assert "FPR95 before -> after" in output and "mAP before -> after" in output and str(out) in output
+
+
+def test_default_base_is_the_presets_sdgmnet() -> None:
+    assert default_base(load_config("sdgmnet")) == "sdgmnet"
+    assert default_base(load_config("rootsift")) == default_base(load_config("default")) == "sdgmnet-half"
 
 
 def test_tuned_weights_match_a_scene(tuned: tuple[Path, dict, str], tiny: Path, tmp_path: Path) -> None:

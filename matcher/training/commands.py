@@ -157,7 +157,9 @@ FINETUNE_DEFAULTS = FinetuneSettings()
               help="A COLMAP model of IMAGES (e.g. from `match --reconstruct`): skips matching and mapping.")
 @click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Working folder (default: OUT without .pt, plus '.work').")
-@click.option("--model", "base", default="sdgmnet", show_default=True, help="Weights to start from.")
+@click.option("--model", "base", default=None,
+              help="Weights to start from [default: the --pipeline preset's; the default preset's is the compact "
+                   "SDGMNet, models/sdgmnet-half.pt].")
 @click.option("--pipeline", default="default", show_default=True,
               help="Preset whose detector and patches are used (and that reconstructs the scene).")
 @click.option("--steps", type=int, default=FINETUNE_DEFAULTS.steps, show_default=True, help="Fine-tuning steps.")
@@ -172,7 +174,7 @@ FINETUNE_DEFAULTS = FinetuneSettings()
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
               help="SfM used to find the cameras when no --sparse is given.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars.")
-def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str, pipeline: str,
+def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str | None, pipeline: str,
                      steps: int, batch: int, loss: str, lr: float, held_out: float, seed: int, mapper: str,
                      quiet: bool) -> None:
     """Fine-tune SDGMNet on the scene in IMAGES; report hard-bin FPR95 and mAP before and after.

@@ -45,6 +45,7 @@ __all__ = [
     "subset_views",
     "hard_bin_metrics",
     "finetune_scene",
+    "default_base",
     "format_report",
 ]
 
@@ -222,7 +223,7 @@ def finetune_scene(
     image_dir: Path,
     out: Path,
     work: Path,
-    base: str = "sdgmnet",
+    base: str | None = None,
     settings: FinetuneSettings | None = None,
     pipeline: str = "default",
     sparse: Path | None = None,
@@ -235,7 +236,8 @@ def finetune_scene(
         image_dir: the scene's images.
         out: the tuned weights (.pt).
         work: working folder (database, reconstruction, patch datasets, report); reused when rerun.
-        base: weights to start from (a shipped name or a .pt file).
+        base: weights to start from (a shipped name or a .pt file); None: the ``pipeline`` preset's SDGMNet
+            weights (the default preset's, models/sdgmnet-half.pt, for a preset that describes with RootSIFT).
         pipeline: the preset whose detector, image size and patches define the keypoints (and that
             reconstructs the scene when ``sparse`` is not given).
         sparse: an existing COLMAP model of ``image_dir`` (skips matching and mapping).
@@ -251,6 +253,7 @@ def finetune_scene(
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     config = load_config(pipeline, [{"mapping": {"mapper": mapper}}])
+    base = base or default_base(config)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -303,6 +306,14 @@ def finetune_scene(
     )
     (work / "finetune.json").write_text(json.dumps({**asdict(report), "minutes": report.minutes}, indent=2))
     return report
+
+
+def default_base(config: PipelineConfig) -> str:
+    """The weights ``matcher finetune`` starts from without ``--model``: the preset's SDGMNet weights, or the
+    default preset's (models/sdgmnet-half.pt) when the preset describes with something else."""
+    if config.descriptor.name == "sdgmnet":
+        return config.descriptor.weights
+    return load_config("default").descriptor.weights
 
 
 def _magnification(base: str, config: PipelineConfig) -> float:

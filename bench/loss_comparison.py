@@ -60,10 +60,10 @@ from matcher.training.trainer import TrainConfig, evaluate_fpr95, train
 #: recipe's 0.999 assumes 200k steps), as in tests/test_losses_training.py. "smart_mining" is the method as
 #: published: its loss on the SmartMiner's globally mined batches; "sdgm+smart" is SDGM's loss on those batches
 #: (the miner's admission margin is its default 0.5 in squared chordal distance). The miner mines 3 times per run
-#: (steps 0, 1/3 and 2/3 of the run; its default is 5, but one pass embeds the whole training set, ~1 min here under
+#: (at the start, a third and two thirds of the run; its default is 5, but one pass embeds the whole training set, ~1 min here under
 #: load, as long as ~40 training steps). DGCRL uses decorrelation "auto",
 #: i.e. the soft decorrelation for batch-local centres. DDTAS runs without its online threshold generator, with
-#: the constants chosen by --sweep-ddtas (DDTAS_OPTIONS).
+#: the constants chosen by --sweep-ddtas (--ddtas-from).
 ROWS: dict[str, dict[str, Any]] = {
     "hardnet": {"loss": "hardnet"},
     "sdgm": {"loss": "sdgm", "loss_options": {"momentum": 0.95}},

@@ -35,10 +35,11 @@ from matcher.evaluation.report import markdown_grid
 from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
-from matcher.training.gt_tracks import Tracks, build_tracks, detect_views
+from matcher.training.gt_tracks import detect_views
 from matcher.training.hard_benchmark import (
     ANGLE_BINS,
     SCALE_BINS,
+    cached_tracks,
     DirectedScores,
     bin_metrics,
     opencv_rootsift_describer,
@@ -96,15 +97,7 @@ def main() -> None:
         scene_dir = SHARED / "scenes" / scene
         views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir),
                              DetectionConfig(upright=True) if args.upright else None)
-        cached = args.cache / f"{scene}-tracks.npz" if args.cache else None
-        if cached is not None and cached.is_file():
-            with np.load(cached) as f:
-                tracks = Tracks(f["points"], f["track"], f["view"], f["keypoint"])
-        else:
-            tracks = build_tracks(views)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(cached, points=tracks.points, track=tracks.track, view=tracks.view, keypoint=tracks.keypoint)
+        tracks = cached_tracks(views, args.cache / f"{scene}-tracks.npz" if args.cache else None, save=True)
         pairs = positive_pairs(views, tracks)
         counts[scene] = {"views": len(views), "tracks": len(tracks), "observations": int(tracks.track.size),
                          "pairs": len(pairs)}

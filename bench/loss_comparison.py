@@ -42,10 +42,11 @@ from matcher.descriptors.weights import save_sdgmnet
 from matcher.evaluation.report import markdown_grid
 from matcher.shared_data import shared_data_dir
 from matcher.training.gt_cameras import load_scene_cameras
-from matcher.training.gt_tracks import Tracks, View, build_tracks, detect_views
+from matcher.training.gt_tracks import View, detect_views
 from matcher.training.hard_benchmark import (
     ANGLE_BINS,
     SCALE_BINS,
+    cached_tracks,
     DirectedScores,
     PositivePairs,
     bin_metrics,
@@ -105,12 +106,7 @@ class HardBench:
         for scene in scenes:
             scene_dir = shared / "scenes" / scene
             views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir))
-            cached = cache / f"{scene}-tracks.npz" if cache else None
-            if cached is not None and cached.is_file():
-                with np.load(cached) as f:
-                    tracks = Tracks(f["points"], f["track"], f["view"], f["keypoint"])
-            else:
-                tracks = build_tracks(views)
+            tracks = cached_tracks(views, cache / f"{scene}-tracks.npz" if cache else None)
             pairs = positive_pairs(views, tracks)
             self.scenes.append(HardScene(views, pairs, [view_patches(v) for v in views]))
             angle.append(np.r_[pairs.angle, pairs.angle])

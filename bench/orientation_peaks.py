@@ -28,8 +28,15 @@ from matcher.patches import extract_patches, lafs_from_keypoints
 from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
-from matcher.training.gt_tracks import Tracks, View, build_tracks, detect_views
-from matcher.training.hard_benchmark import ANGLE_BINS, DirectedScores, PositivePairs, bin_metrics, positive_pairs
+from matcher.training.gt_tracks import View, detect_views
+from matcher.training.hard_benchmark import (
+    ANGLE_BINS,
+    DirectedScores,
+    PositivePairs,
+    bin_metrics,
+    cached_tracks,
+    positive_pairs,
+)
 
 
 def orientation_peaks(view: View, detection: DetectionConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -102,12 +109,7 @@ def main() -> None:
     for s, scene in enumerate(args.scenes):
         scene_dir = shared_data_dir() / "scenes" / scene
         views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir), detection)
-        cached = args.cache / f"{scene}-tracks.npz" if args.cache else None
-        if cached is not None and cached.is_file():
-            with np.load(cached) as f:
-                tracks = Tracks(f["points"], f["track"], f["view"], f["keypoint"])
-        else:
-            tracks = build_tracks(views)
+        tracks = cached_tracks(views, args.cache / f"{scene}-tracks.npz" if args.cache else None)
         pairs = positive_pairs(views, tracks)
         angle.append(np.r_[pairs.angle, pairs.angle])
         scene_of.append(np.full(2 * len(pairs), s))

@@ -21,6 +21,7 @@ A descriptor is any function ``View -> (N, 128)`` unit rows for all keypoints of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -28,12 +29,13 @@ import torch
 
 from matcher.descriptors.rootsift import RootSIFT
 from matcher.patches import DEFAULT_MAGNIFICATION, extract_patches, lafs_from_keypoints
-from matcher.training.gt_tracks import Tracks, View
+from matcher.training.gt_tracks import Tracks, View, build_tracks
 from matcher.training.metrics import fpr95
 
 __all__ = [
     "ANGLE_BINS",
     "SCALE_BINS",
+    "cached_tracks",
     "PositivePairs",
     "positive_pairs",
     "DirectedScores",
@@ -55,6 +57,19 @@ ANGLE_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0,
 SCALE_BINS: tuple[tuple[float, float], ...] = ((1.0, 1.25), (1.25, 2.0), (2.0, np.inf))
 
 Describer = Callable[[View], np.ndarray]
+
+
+def cached_tracks(views: list[View], cache_file: Path | None, save: bool = False) -> Tracks:
+    """A scene's benchmark tracks: read from ``cache_file`` (an ``.npz``) when it exists, else built from ``views``
+    (and written there when ``save``)."""
+    if cache_file is not None and cache_file.is_file():
+        with np.load(cache_file) as f:
+            return Tracks(f["points"], f["track"], f["view"], f["keypoint"])
+    tracks = build_tracks(views)
+    if save and cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache_file, points=tracks.points, track=tracks.track, view=tracks.view, keypoint=tracks.keypoint)
+    return tracks
 
 
 @dataclass

@@ -134,6 +134,11 @@ class DetectionConfig:
     ``affine``: estimate each keypoint's affine shape (Baumberg iteration, kornia's second-moment estimator) and
     re-estimate its orientation in the shape-normalised frame; patches are then sampled from the affine frame
     (matcher.affine_shape). Changes the descriptors of ``sdgmnet`` (patch-based), not of ``rootsift`` (OpenCV's).
+    ``max_orientations``: orientations described per keypoint location. 1: one (OpenCV's first); 2 or more: also up
+    to that many - 1 further orientation peaks SIFT found at the location (within 80 % of the highest), described
+    as extra rows of the same keypoint; matching takes the similarity of two keypoints as the maximum over their
+    orientations, so each location stays one keypoint (matcher.detect, matcher.matching). Not with ``upright``
+    (no extra rows then) or ``affine``.
     """
 
     max_keypoints: int = 4096
@@ -144,9 +149,10 @@ class DetectionConfig:
     n_octave_layers: int = 3
     sigma: float = 1.6
     affine: bool = False
+    max_orientations: int = 1
 
     rules: ClassVar[dict[str, Rule]] = {
-        "max_keypoints": _at_least(1),
+        "max_keypoints": _at_least(1), "max_orientations": _within(1, 4),
         "contrast_threshold": _at_least(0.0), "edge_threshold": _above(0.0), "n_octave_layers": _at_least(1),
         "sigma": _above(0.0), "affine": _one_of(True, False),
     }
@@ -468,6 +474,9 @@ def validate_config(config: PipelineConfig) -> None:
         check_settings(getattr(config, section.name), section.name)
     if config.pairs.strategy == "retrieval" and config.pairs.retrieval_k < 1:
         raise ConfigError("pairs.strategy = 'retrieval' needs pairs.retrieval_k >= 1 (--retrieval K)")
+    if config.detection.affine and config.detection.max_orientations > 1:
+        raise ConfigError("detection.max_orientations > 1 does not work with detection.affine = true (affine shapes "
+                          "re-estimate one orientation per keypoint); set one of them back")
 
 
 def check_settings(values: Any, prefix: str = "") -> None:

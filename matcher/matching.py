@@ -32,6 +32,10 @@ torch's bfloat16 ones on a CPU with AMX, so large runs keep torch.
 Every array larger than a few KiB lives in a per-thread workspace that is reused from pair to pair and only
 grows: allocating and freeing a dozen multi-MiB blocks per pair made glibc's heap fragment, and the process
 RSS of a 29-image run double (bench/memory_scaling.py).
+
+Keypoints described at several orientations (``extras1`` / ``extras2``: ``detection.max_orientations`` > 1) are
+matched by :mod:`matcher.oriented_matching`: the similarity of two keypoints is the maximum over their
+orientations, then the same ratio test and mutual check. Without extra rows this module's search runs, unchanged.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "mutual_nearest_neighbours", "similarity_dtype", "similarity_precision", "native_bf16", "resolve_matching_engine",
-    "CANDIDATES", "MATCHING_ENGINES", "NUMPY_MAX_PAIRS",
+    "CANDIDATES", "MATCHING_ENGINES", "NUMPY_MAX_PAIRS", "Extras",
 ]
 
 MATCHING_ENGINES = ("auto", "torch", "numpy")
@@ -161,8 +165,13 @@ def resolve_matching_engine(engine: str, precision: str, descriptor_engine: str 
     return "numpy" if small and descriptor_engine == "openvino" and precision != "bf16" else "torch"
 
 
+Extras = tuple[np.ndarray, np.ndarray]
+"""Extra orientation rows of an image's keypoints: descriptors (M, D) float32 unit rows, keypoint index (M,) int."""
+
+
 def mutual_nearest_neighbours(
-    desc1: np.ndarray, desc2: np.ndarray, config: MatchingConfig | None = None
+    desc1: np.ndarray, desc2: np.ndarray, config: MatchingConfig | None = None,
+    extras1: Extras | None = None, extras2: Extras | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Match two sets of unit descriptors.
 
@@ -172,6 +181,9 @@ def mutual_nearest_neighbours(
         config: ``ratio`` (0: off) is Lowe's test on L2 distances, ``block_size`` the rows per block,
             ``precision`` of the candidate search, ``threads`` for torch while matching, ``engine``: ``numpy``
             runs the float32 search without torch (``auto`` and ``torch``: torch).
+        extras1, extras2: further orientations of some keypoints (:attr:`matcher.storage.ImageFeatures.extras`),
+            or None; with any, the similarity of two keypoints is the max over their orientations
+            (:mod:`matcher.oriented_matching`).
 
     Returns:
         matches (M, 2) int32 ``[i1, i2]`` sorted by i1, and scores (M,) float32 cosine similarities.
@@ -181,6 +193,8 @@ def mutual_nearest_neighbours(
     if n1 == 0 or n2 == 0:
         return np.zeros((0, 2), np.int32), np.zeros((0,), np.float32)
     engine = getattr(config, "engine", "auto")
+    if (extras1 is not None and len(extras1[1])) or (extras2 is not None and len(extras2[1])):
+        return _match_oriented(desc1, desc2, config, extras1, extras2)
     if engine == "numpy":
         resolve_matching_engine(engine, config.precision, None)  # bf16 with numpy: ConfigError
         return _match_numpy(np.ascontiguousarray(desc1, dtype=np.float32), np.ascontiguousarray(desc2, dtype=np.float32),
@@ -197,6 +211,31 @@ def mutual_nearest_neighbours(
     try:
         with torch.inference_mode():
             return _match(d1, d2, dtype, max(1, config.block_size), config.ratio if n2 > 1 else 0.0)
+    finally:
+        if change_threads:
+            torch.set_num_threads(previous_threads)
+
+
+def _match_oriented(desc1: np.ndarray, desc2: np.ndarray, config: MatchingConfig, extras1: Extras | None,
+                    extras2: Extras | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mutual_nearest_neighbours` with extra orientation rows (:mod:`matcher.oriented_matching`)."""
+    from matcher.oriented_matching import OrientedDescriptors, oriented_match
+
+    a = OrientedDescriptors.build(desc1, *(extras1 or (None, None)))
+    b = OrientedDescriptors.build(desc2, *(extras2 or (None, None)))
+    ratio, block = config.ratio if b.n > 1 else 0.0, max(1, config.block_size)
+    if getattr(config, "engine", "auto") == "numpy":
+        resolve_matching_engine("numpy", config.precision, None)  # bf16 with numpy: ConfigError
+        return oriented_match(a, b, ratio, block, None, CANDIDATES)
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    change_threads = 0 < config.threads != previous_threads
+    if change_threads:
+        torch.set_num_threads(config.threads)
+    try:
+        with torch.inference_mode():
+            return oriented_match(a, b, ratio, block, similarity_dtype(config.precision), CANDIDATES)
     finally:
         if change_threads:
             torch.set_num_threads(previous_threads)

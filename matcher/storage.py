@@ -7,6 +7,11 @@
     orientations  (N,)   float32  radians, counter-clockwise on screen (kornia's LAF convention)
     scores        (N,)   float32  DoG response
     descriptors   (N, D) float32  unit rows
+    extra_orientations (M,) float32  further orientations (radians) of keypoints described at several
+                                     (``detection.max_orientations`` > 1); the three ``extra_`` datasets are
+                                     absent when M = 0 (files written before they existed: none)
+    extra_index        (M,) int32    the keypoint each belongs to, ascending
+    extra_descriptors  (M, D) float32 their descriptors, unit rows
     attrs: width, height (full resolution), descriptor (name), content (SHA-1 of the image file),
            focal (pixels; COLMAP's EXIF prior or its 1.2 * max(w, h) guess), focal_prior (bool: from EXIF),
            complete (written last)
@@ -129,9 +134,20 @@ class ImageFeatures:
     height: int
     focal: float = 0.0  # pixels; 0: unknown (COLMAP's 1.2 * max(width, height) guess is used)
     focal_prior: bool = False  # the focal length comes from EXIF (COLMAP's has_prior_focal_length)
+    extra_orientations: np.ndarray | None = None  # (M,) float32: further orientations of some keypoints, or None
+    extra_index: np.ndarray | None = None  # (M,) int, ascending: the keypoint of each extra row
+    extra_descriptors: np.ndarray | None = None  # (M, D) float32: the extra rows' descriptors
 
     def __len__(self) -> int:
         return int(self.keypoints.shape[0])
+
+    @property
+    def extras(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(extra_descriptors (M, D), extra_index (M,)) for :func:`matcher.matching.mutual_nearest_neighbours`,
+        None when the keypoints have no extra orientations."""
+        if self.extra_index is None or len(self.extra_index) == 0 or self.extra_descriptors is None:
+            return None
+        return self.extra_descriptors, self.extra_index
 
 
 @dataclass
@@ -299,6 +315,10 @@ class FeatureStore(_Store):
             "scores": features.scores.astype(np.float32),
             "descriptors": features.descriptors.astype(np.float32),
         }
+        if features.extras is not None:
+            arrays.update(extra_orientations=np.asarray(features.extra_orientations, np.float32),
+                          extra_index=np.asarray(features.extra_index, np.int32),
+                          extra_descriptors=np.asarray(features.extra_descriptors, np.float32))
         attrs = {"width": features.width, "height": features.height, "descriptor": descriptor, "content": content,
                  "focal": float(features.focal), "focal_prior": bool(features.focal_prior)}
         self._write_group(escape_name(name), f"features of {name}", arrays, attrs)
@@ -317,6 +337,8 @@ class FeatureStore(_Store):
                 height=int(group.attrs["height"]),
                 focal=float(group.attrs.get("focal", 0.0)),
                 focal_prior=bool(group.attrs.get("focal_prior", False)),
+                **({key: group[key][()] for key in ("extra_orientations", "extra_index", "extra_descriptors")}
+                   if "extra_index" in group else {}),
             )
         except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise StorageError(

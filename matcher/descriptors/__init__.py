@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from matcher.config import DescriptorConfig, PatchConfig
-from matcher.descriptors.base import Descriptor
+from matcher.descriptors.base import Descriptor, describe_orientations
 from matcher.descriptors.engines import (
     build_engine, has_cached_ir_of_file, resolve_engine, resolve_precision, resolved_engine,
 )
@@ -40,6 +40,7 @@ __all__ = [
     "build_engine",
     "check_weights",
     "descriptor_settings",
+    "describe_orientations",
     "describe_patches",
     "load_sdgmnet",
     "patch_magnification",

@@ -8,7 +8,7 @@ import numpy as np
 
 from matcher.detect import Keypoints
 
-__all__ = ["Descriptor"]
+__all__ = ["Descriptor", "describe_orientations"]
 
 
 @runtime_checkable
@@ -23,3 +23,14 @@ class Descriptor(Protocol):
     dim: int
 
     def describe(self, gray: np.ndarray, keypoints: Keypoints) -> np.ndarray: ...
+
+
+def describe_orientations(descriptor: Descriptor, gray: np.ndarray, keypoints: Keypoints) -> tuple[np.ndarray, np.ndarray]:
+    """Describe N keypoints and their M extra orientations (:attr:`Keypoints.extra_orientations`) in one call.
+
+    Returns:
+        (N, dim) float32 descriptors of the keypoints and (M, dim) float32 of the extra rows (in the order of
+        ``keypoints.extra_index``), unit rows.
+    """
+    rows = descriptor.describe(gray, keypoints.orientation_rows())
+    return rows[: len(keypoints)], rows[len(keypoints):]

@@ -33,6 +33,8 @@ def _section_data(name: str, section: Any, descriptor_engine: str | None = None,
     data = dict(section.__dict__)  # a copy: the config is not touched
     if name == "descriptor":
         data.pop("batch_size", None)  # does not change results
+    if name == "detection" and data.get("max_orientations", 1) == 1:
+        data.pop("max_orientations", None)  # recorded only when on: files from before the setting stay valid
     if name == "matching":
         for key in ("threads", "workers"):
             data.pop(key, None)

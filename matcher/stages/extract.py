@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matcher.colmap_db import focal_prior
 from matcher.config import DescriptorConfig, DetectionConfig, ImagesConfig, PatchConfig, PipelineConfig
-from matcher.descriptors import Descriptor, build_descriptor
+from matcher.descriptors import Descriptor, build_descriptor, describe_orientations
 from matcher.detect import detect_keypoints
 from matcher.errors import ImageReadError
 from matcher.images import list_images, read_image, resize_for_detection
@@ -79,11 +79,13 @@ def extract_image(
         why = "masked out" if mask is not None else "image too small or too flat"
         raise ImageReadError(f"{Path(image_dir) / name}: no keypoints ({why})")
     focal, has_prior = focal_prior(Path(image_dir) / name, image.width, image.height)
-    descriptors = descriptor().describe(small, keypoints)
+    descriptors, extra_descriptors = describe_orientations(descriptor(), small, keypoints)
     full = keypoints.rescaled(sx, sy)
     return ImageFeatures(
         keypoints=full.xy, scales=full.scales, orientations=full.orientations, scores=full.scores,
         descriptors=descriptors, width=image.width, height=image.height, focal=focal, focal_prior=has_prior,
+        extra_orientations=full.extra_orientations, extra_index=full.extra_index,
+        extra_descriptors=extra_descriptors if keypoints.num_extra else None,
     )
 
 

@@ -74,7 +74,7 @@ def match_pair(
     f1: ImageFeatures, f2: ImageFeatures, matching: MatchingConfig, verification: VerificationConfig, max_edge: int
 ) -> PairMatches:
     """Mutual nearest neighbours of two images' descriptors, verified (:func:`verify_matches`)."""
-    matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, matching)
+    matches, scores = mutual_nearest_neighbours(f1.descriptors, f2.descriptors, matching, f1.extras, f2.extras)
     return verify_matches(f1, f2, matches, scores, verification, max_edge)
 
 

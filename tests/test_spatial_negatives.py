@@ -95,7 +95,8 @@ def test_hardnet_with_negatives_is_hardnet_without_them_and_feels_a_close_neighb
     assert torch.allclose(threshold_loss(x, single, tau, 0.1), expected, atol=1e-6)
 
 
-def test_distillation_with_spatial_negatives_trains_and_validates_on_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("label_loss", ['label_loss = "hardnet"', 'label_loss = "ddtas"\nlabel_loss_options = { m = 0.2 }'])
+def test_distillation_with_spatial_negatives_trains_and_validates_on_them(tmp_path: Path, label_loss: str) -> None:
     folder = require_shared("scenes", "kermit", "images")
     photo = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")[0]
     data = tmp_path / "patches.h5"
@@ -109,7 +110,7 @@ def test_distillation_with_spatial_negatives_trains_and_validates_on_them(tmp_pa
     config.write_text(
         f'data = ["{data}"]\nneighbours = ["nb.h5"]\nspatial_negatives = 1\nout = "run/s.pt"\n'
         'log_file = "run/log.jsonl"\nsteps = 2\nidentities_per_batch = 16\neval_every = 2\ncheckpoint_every = 2\n'
-        "validation_identities = 20\nwarmup = 1\nw_threshold = 0.5\nselect = \"fpr95\"\n"
+        f"validation_identities = 20\nwarmup = 1\nw_threshold = 0.5\nselect = \"fpr95\"\n{label_loss}\n"
     )
     cfg = load_distill_config(config)
     assert cfg.neighbours == [str(tmp_path / "nb.h5")] and len(load_patch_set(Path(cfg.neighbours[0]))) == 2 * len(ps)
@@ -122,6 +123,30 @@ def test_distillation_with_spatial_negatives_trains_and_validates_on_them(tmp_pa
     assert step0["rows"] == 2 * 32  # 16 identities x 2 views, each with one neighbour row
 
 
+def test_ddtas_takes_neighbour_rows_as_negatives_at_the_anchors_scale() -> None:
+    """DDTAS (distill's label loss) mines a negative-only row like any other negative; its mean is over anchors,
+    so adding far neighbour rows leaves the loss as it was and a close one raises it."""
+    from matcher.training.distill import DistillConfig, distill_losses
+
+    torch.manual_seed(0)
+    config = DistillConfig(data=["a.h5"], out="s.pt", w_descriptor=0.0, w_relation=0.0, w_label=1.0,
+                           label_loss="ddtas", label_loss_options={"m": 0.2}, spatial_negatives=2)
+    loss = get_loss("ddtas", m=0.2)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    centres = torch.nn.functional.pad(torch.randn(4, 8), (0, 8))  # identities in the first 8 dimensions
+    desc = torch.nn.functional.normalize(centres[labels] + 0.4 * torch.nn.functional.pad(torch.randn(8, 8), (0, 8)), dim=1)
+    alone = distill_losses(desc, desc, labels, loss, config)[1]["label"]
+    assert alone == pytest.approx(float(loss(desc, labels)))
+    far = torch.eye(16)[[8, 9]]  # cosine 0 to every row, far below every positive: never mined
+    with_far = distill_losses(torch.cat([desc, far]), torch.cat([desc, far]), torch.cat([labels, torch.tensor([-1, -2])]),
+                              loss, config)[1]["label"]
+    assert with_far == pytest.approx(alone, rel=1e-5)
+    near = torch.nn.functional.normalize(desc[1] + 0.05 * torch.randn(16), dim=0)[None]
+    with_near = distill_losses(torch.cat([desc, near]), torch.cat([desc, near]), torch.cat([labels, torch.tensor([-1])]),
+                               loss, config)[1]["label"]
+    assert with_near > alone + 0.05
+
+
 def test_spatial_negatives_need_neighbours_and_hardnet(tmp_path: Path) -> None:
     from matcher.errors import ConfigError
 
@@ -132,3 +157,12 @@ def test_spatial_negatives_need_neighbours_and_hardnet(tmp_path: Path) -> None:
     path.write_text('data = ["p.h5", "q.h5"]\nout = "s.pt"\nneighbours = ["n.h5"]\n')
     with pytest.raises(ConfigError, match="neighbours needs one patch file"):
         load_distill_config(path)
+    path.write_text('data = ["p.h5"]\nout = "s.pt"\nneighbours = ["n.h5"]\nspatial_negatives = 2\nlabel_loss = "sdgm"\n')
+    with pytest.raises(ConfigError, match="label_loss in hardnet, ddtas"):
+        load_distill_config(path)
+    path.write_text('data = ["p.h5"]\nout = "s.pt"\nlabel_loss = "ddtas"\nlabel_loss_options = { mm = 0.2 }\n')
+    with pytest.raises(ConfigError, match="loss_options for 'ddtas'") as caught:
+        load_distill_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+    path.write_text('data = ["p.h5"]\nout = "s.pt"\nneighbours = ["n.h5"]\nspatial_negatives = 2\nlabel_loss = "ddtas"\n')
+    assert load_distill_config(path).label_loss == "ddtas"

@@ -62,7 +62,7 @@ from matcher.config import Rule, above, at_least, check_settings
 from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
 from matcher.errors import ConfigError
-from matcher.losses import get_loss
+from matcher.losses import LOSSES, check_loss_options, get_loss
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
@@ -72,6 +72,11 @@ __all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", 
            "hardnet_with_negatives", "NeighbourIndex"]
 
 log = logging.getLogger("matcher")
+
+#: label losses that can take spatial-neighbour negative-only rows (a label with one row): HardNet through
+#: :func:`hardnet_with_negatives`; DDTAS as it is (every other-label row is a candidate negative; rows without a
+#: positive are not anchors).
+NEGATIVE_ROW_LOSSES = ("hardnet", "ddtas")
 
 
 @dataclass
@@ -92,6 +97,7 @@ class DistillConfig:
     w_relation: float = 1.0
     w_label: float = 0.1
     label_loss: str = "hardnet"
+    label_loss_options: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
     mix: list[float] | None = None
     distill_sets: list[int] | None = None
@@ -169,8 +175,15 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(f"{path}: mix needs one non-negative share per data file ({n}), not all zero")
     if config.neighbours is not None and len(config.neighbours) != n:
         raise ConfigError(f"{path}: neighbours needs one patch file (or \"\") per data file ({n})")
-    if config.spatial_negatives > 0 and (not config.neighbours or config.label_loss != "hardnet"):
-        raise ConfigError(f"{path}: spatial_negatives needs neighbours and label_loss = \"hardnet\"")
+    if config.label_loss not in LOSSES:
+        raise ConfigError(f"{path}: unknown label_loss {config.label_loss!r}; known: {', '.join(sorted(LOSSES))}")
+    try:
+        check_loss_options(config.label_loss, config.label_loss_options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if config.spatial_negatives > 0 and (not config.neighbours or config.label_loss not in NEGATIVE_ROW_LOSSES):
+        raise ConfigError(f"{path}: spatial_negatives needs neighbours and label_loss in "
+                          f"{', '.join(NEGATIVE_ROW_LOSSES)}")
     for key in ("distill_sets", "validation_sets"):
         value = getattr(config, key)
         if value is not None and (not value or not all(0 <= i < n for i in value)):
@@ -254,8 +267,13 @@ def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
         terms["threshold"] = float(thr.detach())
         terms["tau"] = float(tau.detach())
     if config.w_label > 0:
-        lab = (hardnet_with_negatives(student, labels) if config.spatial_negatives > 0
-               else label_loss(student, labels))
+        if config.spatial_negatives > 0 and config.label_loss == "hardnet":
+            lab = hardnet_with_negatives(student, labels)
+        else:
+            lab = label_loss(student, labels)
+            anchors = int((torch.bincount(labels - labels.min())[labels - labels.min()] > 1).sum())
+            if 0 < anchors < len(labels):  # DDTAS averages over all B rows; negative-only rows are not anchors
+                lab = lab * (len(labels) / anchors)  # the anchors' mean, the scale of a batch without them
         total = total + config.w_label * lab
         terms["label"] = float(lab.detach())
     terms["loss"] = float(total.detach())
@@ -522,7 +540,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         student.load_state_dict(init.state_dict())
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
-    label_loss = get_loss(config.label_loss)
+    label_loss = get_loss(config.label_loss, **config.label_loss_options)
     tau = torch.nn.Parameter(torch.tensor(float(config.threshold)))
     opt = torch.optim.AdamW([{"params": student.parameters()}, {"params": [tau], "weight_decay": 0.0}],
                             lr=config.lr, weight_decay=config.weight_decay)
@@ -587,6 +605,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
             note({"event": "end of schedule", "step": step})
             break
         student.train()
+        label_loss.set_progress(p)  # DDTAS's false-negative guard starts at a share of the run
         lr = _lr_at(config, step, p)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -620,7 +639,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         opt.step()
         if step % 10 == 0:
             note({"step": step, "lr": lr, "rows": int(len(labels)), "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
-                  **terms})
+                  **terms, **({f"{config.label_loss}_{k}": v for k, v in label_loss.statistics().items()}
+                              if config.label_loss != "hardnet" else {})})
         if (step + 1) % config.eval_every == 0:
             evaluate(step + 1)
         if (step + 1) % config.checkpoint_every == 0:

@@ -16,6 +16,16 @@ orientation and scale consistency (matcher.training.hard_benchmark.pair_geometry
 orientation-consistent positives, the share of positives scored like negatives and the FPR95 floor it implies,
 and which negatives lie above the 95 %-recall threshold. ``--upright`` describes every keypoint at orientation 0
 (``detection.upright``: the same keypoints and tracks, only the orientations change), a separate experiment.
+
+``--orientations peaks`` (or ``both``: the published protocol ``one`` and ``peaks`` side by side) is the pipeline's
+``detection.max_orientations = --max-peaks`` (default 2, as COLMAP's SIFT; at most 4): each keypoint described at
+its orientation and up to ``--max-peaks`` − 1 further orientation peaks SIFT found at its location, two keypoints
+scored by the maximum similarity over their orientations, for every descriptor (OpenCV RootSIFT too: it describes
+several keypoints at one location). Same keypoints, tracks, positives and negatives.
+``--per-scene`` adds each scene's tables to the pooled ones.
+
+    python bench/hard_patches.py --model models/sdgmnet-half.pt --model models/sdgmnet.pt --tfeat liberty \
+        --orientations both --per-scene --cache data/hard-cache
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +53,7 @@ from matcher.training.hard_benchmark import (
     DirectedScores,
     bin_metrics,
     opencv_rootsift_describer,
+    orientation_owner,
     positive_pairs,
     pair_geometry,
     ratio_test_curve,
@@ -56,7 +67,10 @@ SHARED = shared_data_dir()
 HELDOUT_SCENES = ("entry-P10", "buddha")
 
 
-def main() -> None:
+PROTOCOLS = {"one": ("one",), "peaks": ("peaks",), "both": ("one", "peaks")}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", nargs="+", default=list(HELDOUT_SCENES))
     parser.add_argument("--model", action="append", default=[], help="SDGMNet weights (repeatable).")
@@ -74,8 +88,18 @@ def main() -> None:
                         help="Only these TFeat weights (liberty, notredame, yosemite); default all.")
     parser.add_argument("--save-scores", type=Path, default=None,
                         help="Write every descriptor's directed scores, the bins' keys and the scene of each pair (.npz).")
-    args = parser.parse_args()
+    parser.add_argument("--orientations", choices=sorted(PROTOCOLS), default="one",
+                        help="one: the orientation the detector keeps (published); peaks: every keypoint described at "
+                             "up to --max-peaks orientation peaks, similarity = max over them; both.")
+    parser.add_argument("--max-peaks", type=int, choices=(2, 3, 4), default=2,
+                        help="Orientations per keypoint with 'peaks' (detection.max_orientations).")
+    parser.add_argument("--no-opencv", action="store_true", help="Without the pipeline's RootSIFT (OpenCV).")
+    parser.add_argument("--per-scene", action="store_true", help="Also each scene's tables (default: pooled only).")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    protocols = PROTOCOLS[args.orientations]
+    if args.upright and "peaks" in protocols:
+        parser.error("--upright has no orientation peaks")
     models = args.model or ["models/sdgmnet.pt"]
 
     patch_descriptors: dict[str, object] = {}
@@ -87,7 +111,10 @@ def main() -> None:
             if args.tfeat is not None and w.stem.split("-", 1)[1] not in args.tfeat:
                 continue
             patch_descriptors[f"TFeat ({w.stem.split('-', 1)[1]})"] = f"tfeat:{w}"
-    names = list(patch_descriptors) + ([] if args.no_baselines else ["RootSIFT (pipeline, OpenCV on the image)"])
+    opencv = not (args.no_baselines or args.no_opencv)
+    descriptor_names = list(patch_descriptors) + (["RootSIFT (pipeline, OpenCV on the image)"] if opencv else [])
+    # one row of every table per descriptor and protocol; the published protocol keeps its plain names
+    names = [n if protocol == "one" else f"{n}, peaks" for protocol in protocols for n in descriptor_names]
 
     scores: dict[str, list[DirectedScores]] = {n: [] for n in names}
     angle, ratio, counts, scene_of = [], [], {}, []
@@ -95,8 +122,9 @@ def main() -> None:
     t0 = time.perf_counter()
     for scene in args.scenes:
         scene_dir = SHARED / "scenes" / scene
-        views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir),
-                             DetectionConfig(upright=True) if args.upright else None)
+        detection = DetectionConfig(upright=args.upright,
+                                    max_orientations=args.max_peaks if "peaks" in protocols else 1)
+        views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir), detection)
         tracks = cached_tracks(views, args.cache / f"{scene}-tracks.npz" if args.cache else None, save=True)
         pairs = positive_pairs(views, tracks)
         counts[scene] = {"views": len(views), "tracks": len(tracks), "observations": int(tracks.track.size),
@@ -109,16 +137,25 @@ def main() -> None:
             g = pair_geometry(views, tracks, pairs)
             geometry.append((np.r_[g.orientation_error, -g.orientation_error], np.r_[g.scale_error, -g.scale_error],
                              *spatial_neighbours(views, pairs)))
-        patches = [view_patches(v) for v in views]
-        for name, how in patch_descriptors.items():
-            if isinstance(how, str):
-                desc = [describe_with_baseline(how, p).numpy() for p in patches]
-            else:
-                desc = [describe_patches(how, p).numpy() for p in patches]
-            scores[name].append(score_pairs(views, pairs, desc))
-        if not args.no_baselines:
-            describe = opencv_rootsift_describer()
-            scores[names[-1]].append(score_pairs(views, pairs, [describe(v) for v in views]))
+        for protocol in protocols:
+            peaks = protocol == "peaks"
+            owners = [orientation_owner(v.patch_keypoints) for v in views] if peaks else None
+            if peaks:
+                print(f"  peaks: {np.mean([o.size / len(v.keypoints) for o, v in zip(owners, views)]):.3f} "
+                      "orientations per keypoint", flush=True)
+            suffix = ", peaks" if peaks else ""
+            patches = [view_patches(v, all_orientations=peaks) for v in views]
+            for name, how in patch_descriptors.items():
+                if isinstance(how, str):
+                    desc = [describe_with_baseline(how, p).numpy() for p in patches]
+                else:
+                    desc = [describe_patches(how, p).numpy() for p in patches]
+                scores[name + suffix].append(score_pairs(views, pairs, desc, owners=owners))
+            del patches
+            if opencv:
+                describe = opencv_rootsift_describer()
+                scores[descriptor_names[-1] + suffix].append(
+                    score_pairs(views, pairs, [describe(v, peaks) for v in views], owners=owners))
     angle_all, ratio_all = np.concatenate(angle), np.concatenate(ratio)
     pooled = {n: DirectedScores(*(np.concatenate([getattr(s, f) for s in scores[n]])
                                   for f in ("positive", "hardest", "spatial", "rank", "first",
@@ -129,19 +166,28 @@ def main() -> None:
     result = {"scenes": counts, "bins": {}, "seconds": time.perf_counter() - t0}
     for label, mask in bins:
         result["bins"][label] = {n: bin_metrics(pooled[n], mask) for n in names}
+    scene_all = np.concatenate(scene_of)
+    if args.per_scene:
+        result["per_scene"] = {scene: {label: {n: bin_metrics(pooled[n], mask & (scene_all == i)) for n in names}
+                                       for label, mask in bins} for i, scene in enumerate(args.scenes)}
 
     print(f"\nScenes: {', '.join(args.scenes)}; directed positive pairs per bin: "
           + ", ".join(f"{label} {result['bins'][label][names[0]]['positives']:,}" for label, _ in bins))
     labels = [label for label, _ in bins]
 
-    def table(title: str, cell: Callable[[dict], str]) -> str:
+    def table(title: str, cell: Callable[[dict], str], metrics: dict = result["bins"]) -> str:
         return markdown_grid(["descriptor"] + [f"{title} {label}" for label in labels],
-                             [[n] + [cell(result["bins"][label][n]) for label in labels] for n in names])
+                             [[n] + [cell(metrics[label][n]) for label in labels] for n in names])
 
     print("\n" + table("FPR95", lambda m: f"{100 * m['fpr95']:.1f}%"))
     print("\nFPR95 with the spatial-neighbour negatives only (the same negatives for every descriptor):\n")
     print(table("FPR95", lambda m: f"{100 * m['fpr95_spatial']:.1f}%"))
     print("\n" + table("mAP", lambda m: f"{m['map']:.3f}"))
+    for scene, metrics in result.get("per_scene", {}).items():
+        print(f"\n{scene} alone; directed positive pairs per bin: "
+              + ", ".join(f"{label} {metrics[label][names[0]]['positives']:,}" for label in labels))
+        print("\n" + table("FPR95", lambda m: f"{100 * m['fpr95']:.1f}%", metrics))
+        print("\n" + table("mAP", lambda m: f"{m['map']:.3f}", metrics))
     if args.ratios:
         ratios = [float(r) for r in args.ratios.split(",")]
         print("\nNearest neighbour + ratio test over all directed pairs (recall / precision):\n")
@@ -153,7 +199,7 @@ def main() -> None:
             rows.append([n] + [f"{100 * c['recall']:.1f}% / {100 * c['precision']:.1f}%" for c in curve])
         print(markdown_grid(["descriptor"] + [f"ratio {r:g}" for r in ratios], rows))
     if args.save_scores:
-        arrays = {"angle": angle_all, "scale_ratio": ratio_all, "scene": np.concatenate(scene_of),
+        arrays = {"angle": angle_all, "scale_ratio": ratio_all, "scene": scene_all,
                   "scenes": np.array(args.scenes), "names": np.array(names)}
         for i, n in enumerate(names):
             arrays.update({f"{i}/{f}": getattr(pooled[n], f) for f in DirectedScores.__dataclass_fields__})

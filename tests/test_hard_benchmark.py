@@ -15,6 +15,7 @@ from matcher.training.gt_tracks import View, build_tracks, tracks_to_patch_set
 from matcher.training.hard_benchmark import (
     bin_metrics,
     opencv_rootsift_describer,
+    orientation_owner,
     pair_geometry,
     positive_pairs,
     ratio_test_curve,
@@ -90,6 +91,40 @@ def test_benchmark_separates_a_real_descriptor_from_a_random_one(plane_scene: li
     assert strict["precision"] > loose["precision"] and strict["recall"] < loose["recall"]
     # Wider baselines are harder for RootSIFT.
     assert bin_metrics(real, angle >= 30)["map"] < good["map"]
+
+
+def test_peaks_protocol_scores_the_maximum_over_orientations(plane_scene: list[View]) -> None:
+    """--orientations peaks (detection.max_orientations = 2): the same keypoints; a keypoint pair scores the
+    maximum over its rows (brute force), and repeated rows reproduce the published scores exactly."""
+    tracks = build_tracks(plane_scene)
+    pairs = positive_pairs(plane_scene, tracks)
+    rootsift = opencv_rootsift_describer()
+    published = score_pairs(plane_scene, pairs, [rootsift(v) for v in plane_scene])
+    twice = score_pairs(plane_scene, pairs, [np.r_[rootsift(v), rootsift(v)] for v in plane_scene],
+                        owners=[np.tile(np.arange(len(v.keypoints)), 2) for v in plane_scene], chunk=97)
+    for field in ("positive", "hardest", "rank", "first", "second", "first_correct"):
+        np.testing.assert_array_equal(getattr(twice, field), getattr(published, field))
+
+    views = [View(v.name, v.gray, detect_keypoints(v.gray, DetectionConfig(max_keypoints=800, max_orientations=2)),
+                  v.P) for v in plane_scene]
+    for v, w in zip(plane_scene, views):  # the same keypoints, so tracks (and the benchmark's cache) stay valid
+        np.testing.assert_array_equal(w.keypoints.xy, v.keypoints.xy)
+        np.testing.assert_array_equal(w.keypoints.orientations, v.keypoints.orientations)
+    owners = [orientation_owner(v.keypoints) for v in views]
+    rows_of = [np.bincount(o) for o in owners]
+    per_keypoint = np.concatenate(rows_of)
+    assert per_keypoint.max() == 2 and 0.05 < np.mean(per_keypoint == 2) < 0.5
+    desc = [rootsift(v, all_orientations=True) for v in views]
+    assert all(len(d) == len(o) for d, o in zip(desc, owners))
+    peaks = score_pairs(views, pairs, desc, owners=owners, chunk=97)
+    src_v, src_k = np.r_[pairs.view_a, pairs.view_b], np.r_[pairs.kp_a, pairs.kp_b]
+    dst_v, dst_k = np.r_[pairs.view_b, pairs.view_a], np.r_[pairs.kp_b, pairs.kp_a]
+    two = np.array([rows_of[v][k] == 2 for v, k in zip(src_v, src_k)])
+    for i in np.flatnonzero(two)[:20]:
+        a, b = desc[src_v[i]][owners[src_v[i]] == src_k[i]], desc[dst_v[i]][owners[dst_v[i]] == dst_k[i]]
+        assert len(a) == 2 and peaks.positive[i] == pytest.approx((a @ b.T).max(), abs=1e-6)
+    assert (peaks.positive >= published.positive - 1e-6).all()  # more rows can only raise a similarity
+    assert (peaks.positive > published.positive + 1e-3).mean() > 0.02
 
 
 def _rolled(views: list[View], roll_deg: float, upright: bool) -> list[View]:

@@ -16,6 +16,13 @@ real competition), except those within ``max(exclusion_px, σ_q / 2)`` of q (the
 
 A descriptor is any function ``View -> (N, 128)`` unit rows for all keypoints of the view (see
 :func:`patch_describer` and :func:`opencv_rootsift_describer`).
+
+Two orientation protocols: **one** (published, 2026-12-01 06:50): each keypoint described at the one orientation
+``detect_keypoints`` keeps. **peaks**: views detected with ``DetectionConfig.max_orientations`` k > 1, each keypoint
+described at its orientation and its extra orientation peaks (``Keypoints.orientation_rows``), and the similarity
+of two keypoints is the maximum over their rows (``score_pairs(..., owners=orientation_owner(...))``), as the
+pipeline's matcher scores them with that setting. The same keypoints (the budget counts locations), tracks,
+positives and negatives in both.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 
 from matcher.descriptors.rootsift import RootSIFT
+from matcher.detect import Keypoints
 from matcher.patches import DEFAULT_MAGNIFICATION, extract_patches, lafs_from_keypoints
 from matcher.training.gt_tracks import Tracks, View, build_tracks
 from matcher.training.metrics import fpr95
@@ -42,6 +50,7 @@ __all__ = [
     "score_pairs",
     "bin_metrics",
     "ratio_test_curve",
+    "orientation_owner",
     "view_patches",
     "patch_describer",
     "opencv_rootsift_describer",
@@ -56,7 +65,14 @@ ANGLE_BINS: tuple[tuple[float, float], ...] = ((0.0, 15.0), (15.0, 30.0), (30.0,
 #: scale-ratio bins (larger σ / smaller σ), [low, high).
 SCALE_BINS: tuple[tuple[float, float], ...] = ((1.0, 1.25), (1.25, 2.0), (2.0, np.inf))
 
-Describer = Callable[[View], np.ndarray]
+Describer = Callable[..., np.ndarray]
+
+
+def orientation_owner(keypoints: Keypoints) -> np.ndarray:
+    """(N + M,) int64: the keypoint described by each row of ``keypoints.orientation_rows()`` (the N keypoints, then
+    their M extra orientations)."""
+    extra = keypoints.extra_index if keypoints.num_extra else np.zeros(0, np.int64)
+    return np.r_[np.arange(len(keypoints)), extra].astype(np.int64)
 
 
 def cached_tracks(views: list[View], cache_file: Path | None, save: bool = False) -> Tracks:
@@ -146,13 +162,17 @@ def score_pairs(
     spatial_negatives: int = 4,
     exclusion_px: float = 3.0,
     chunk: int = 2048,
+    owners: list[np.ndarray] | None = None,
 ) -> DirectedScores:
     """Score both directions of every positive pair against all keypoints of the target view.
 
     Args:
         views: the views (keypoints give the exclusion zone and spatial neighbours).
         pairs: :func:`positive_pairs`.
-        descriptors: per view, (N_v, D) unit rows for all its keypoints.
+        descriptors: per view, (N_v, D) unit rows for all its keypoints, or (K_v, D) rows owned by ``owners``.
+        owners: per view, (K_v,) the keypoint of each descriptor row, every keypoint at least once, in any order
+            (:func:`orientation_owner`); the similarity of two keypoints is then the maximum over their rows.
+            None: one row per keypoint.
     """
     src_v = np.r_[pairs.view_a, pairs.view_b]
     src_k = np.r_[pairs.kp_a, pairs.kp_b]
@@ -167,13 +187,24 @@ def score_pairs(
     second = np.zeros(n)
     first_correct = np.zeros(n, bool)
     desc = [torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32)) for d in descriptors]
+    if owners is None:
+        owners = [np.arange(len(v.keypoints)) for v in views]
+    else:  # each keypoint's rows together
+        order = [np.argsort(o, kind="stable") for o in owners]
+        desc = [d[torch.from_numpy(i)] for d, i in zip(desc, order)]
+        owners = [o[i] for o, i in zip(owners, order)]
+    all_desc = torch.cat(desc)
+    kp_offset = np.r_[0, np.cumsum([len(v.keypoints) for v in views])]
+    row_offset = np.r_[0, np.cumsum([d.shape[0] for d in desc])]
+    row_start = np.concatenate([np.searchsorted(o, np.arange(len(v.keypoints))) + row_offset[i]
+                                for i, (v, o) in enumerate(zip(views, owners))] + [row_offset[-1:]]).astype(np.int64)
     for b in np.unique(dst_v):
         rows_all = np.flatnonzero(dst_v == b)
         xy_b = torch.from_numpy(views[b].keypoints.xy.astype(np.float32))
         for start in range(0, rows_all.size, chunk):
             rows = rows_all[start : start + chunk]
-            anchors = torch.stack([desc[v][k] for v, k in zip(src_v[rows], src_k[rows])])
-            sims = anchors @ desc[b].T  # (R, N_b)
+            sims = _keypoint_similarities(all_desc, row_start, kp_offset[src_v[rows]] + src_k[rows], desc[b], owners[b],
+                                          len(views[b].keypoints))  # (R, N_b)
             q = torch.from_numpy(dst_k[rows])
             pos = sims[torch.arange(rows.size), q]
             radius = torch.from_numpy(np.maximum(exclusion_px, 0.5 * views[b].keypoints.scales[dst_k[rows]]))
@@ -193,6 +224,31 @@ def score_pairs(
             vals[~torch.isfinite(nearest.values)] = float("nan")
             spatial[rows, :k] = vals.numpy()
     return DirectedScores(positive, hardest, spatial, rank, first, second, first_correct)
+
+
+def _keypoint_similarities(all_desc: torch.Tensor, row_start: np.ndarray, anchors: np.ndarray, desc_b: torch.Tensor,
+                           owner_b: np.ndarray, n_b: int) -> torch.Tensor:
+    """(R, n_b) similarity of each anchor keypoint to every keypoint of a view b: the maximum over both keypoints'
+    descriptor rows (a plain matrix product when every keypoint has one row).
+
+    ``all_desc`` (rows of all views, D); ``row_start`` (keypoints of all views + 1,) the first row of each keypoint
+    (CSR); ``anchors`` (R,) the anchors' keypoint indices in that concatenation; ``desc_b`` (K_b, D) and
+    ``owner_b`` (K_b,) view b's rows and their keypoints.
+    """
+    lo = row_start[anchors]
+    count = row_start[anchors + 1] - lo
+    if (count == 1).all():
+        sims = all_desc[torch.from_numpy(lo)] @ desc_b.T
+    else:
+        anchor_of_row = torch.from_numpy(np.repeat(np.arange(anchors.size), count))
+        rows = np.repeat(lo - np.r_[0, np.cumsum(count)[:-1]], count) + np.arange(int(count.sum()))
+        per_row = all_desc[torch.from_numpy(rows)] @ desc_b.T
+        index = anchor_of_row[:, None].expand(-1, desc_b.shape[0])
+        sims = torch.full((anchors.size, desc_b.shape[0]), -torch.inf).scatter_reduce(0, index, per_row, "amax")
+    if desc_b.shape[0] != n_b:
+        index = torch.from_numpy(owner_b).expand(sims.shape[0], -1)
+        sims = torch.full((sims.shape[0], n_b), -torch.inf).scatter_reduce(1, index, sims, "amax")
+    return sims
 
 
 def ratio_test_curve(scores: DirectedScores, in_bin: np.ndarray, ratios: Sequence[float]) -> list[dict[str, float]]:
@@ -241,27 +297,35 @@ def bin_metrics(scores: DirectedScores, in_bin: np.ndarray) -> dict[str, float]:
     }
 
 
-def view_patches(view: View, magnification: float = DEFAULT_MAGNIFICATION) -> torch.Tensor:
+def view_patches(view: View, magnification: float = DEFAULT_MAGNIFICATION,
+                 all_orientations: bool = False) -> torch.Tensor:
     """(N, 1, 32, 32) patches of all keypoints of ``view``, cut by the pipeline's code where they were detected
-    (``view.patch_keypoints``: lens distortion left in when the cameras come from a reconstruction)."""
-    return extract_patches(view.gray, lafs_from_keypoints(view.patch_keypoints, magnification))
+    (``view.patch_keypoints``: lens distortion left in when the cameras come from a reconstruction);
+    ``all_orientations``: (N + M, 1, 32, 32), also at the M extra orientations (``Keypoints.orientation_rows``)."""
+    keypoints = view.patch_keypoints.orientation_rows() if all_orientations else view.patch_keypoints
+    return extract_patches(view.gray, lafs_from_keypoints(keypoints, magnification))
 
 
 def patch_describer(describe: Callable[[torch.Tensor], torch.Tensor], magnification: float = DEFAULT_MAGNIFICATION) -> Describer:
-    """A describer from a patch descriptor ``(N, 1, 32, 32) -> (N, D)`` (e.g. SDGMNet, kornia RootSIFT, TFeat)."""
+    """A describer from a patch descriptor ``(N, 1, 32, 32) -> (N, D)`` (e.g. SDGMNet, kornia RootSIFT, TFeat):
+    ``run(view, all_orientations=False)`` -> (N, D) unit rows, or (N + M, D) as :func:`view_patches`."""
 
-    def run(view: View) -> np.ndarray:
-        return torch.nn.functional.normalize(describe(view_patches(view, magnification)).float(), dim=1).numpy()
+    def run(view: View, all_orientations: bool = False) -> np.ndarray:
+        patches = view_patches(view, magnification, all_orientations)
+        return torch.nn.functional.normalize(describe(patches).float(), dim=1).numpy()
 
     return run
 
 
 def opencv_rootsift_describer() -> Describer:
-    """The pipeline's RootSIFT: OpenCV SIFT on the image at the detected keypoints, RootSIFT-normalised."""
+    """The pipeline's RootSIFT: OpenCV SIFT on the image at the detected keypoints, RootSIFT-normalised:
+    ``run(view, all_orientations=False)`` -> (N, 128), or (N + M, 128) also at the extra orientations (OpenCV
+    describes several keypoints at one location)."""
     rootsift = RootSIFT()
 
-    def run(view: View) -> np.ndarray:
-        return rootsift.describe(view.gray, view.keypoints)
+    def run(view: View, all_orientations: bool = False) -> np.ndarray:
+        keypoints = view.patch_keypoints.orientation_rows() if all_orientations else view.patch_keypoints
+        return rootsift.describe(view.gray, keypoints)
 
     return run
 

@@ -191,3 +191,17 @@ def test_ours_methods_say_which_preset_and_weights_they_run() -> None:
     assert "preset default" in default.description and "models/sdgmnet-half.pt" in default.description
     assert "preset sdgmnet" in full.description and "models/sdgmnet.pt" in full.description
     assert f"ratio {shipped.matching.ratio:g}" in default.description
+
+
+def test_eval_set_overrides_the_pipeline_settings_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    """``matcher eval --set``: ours-default with detection.max_orientations = 2 says so; a bad value is one line."""
+    settings = EvalSettings(overrides=["detection.max_orientations=2"])
+    (default,), _ = build_methods(["ours-default"], settings=settings)
+    assert default.config().detection.max_orientations == 2
+    assert default.config().descriptor.weights == load_config("default").descriptor.weights  # the rest as shipped
+    assert "up to 2 orientations per location" in default.description
+    (plain,), _ = build_methods(["ours-default"], settings=EvalSettings())
+    assert "one orientation per location" in plain.description
+    result = CliRunner().invoke(main, ["eval", "--scene", str(tmp_path), "--set", "detection.max_orientations=9",
+                                       "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0 and "max_orientations" in result.output and not (tmp_path / "out").exists()

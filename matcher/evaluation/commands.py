@@ -72,6 +72,9 @@ Without --sequence/--scene, every dataset under --data is used.
 @click.option("--max-keypoints", type=int, default=4096, show_default=True, help="Keypoint budget per image.")
 @click.option("--no-reconstruct", is_flag=True, default=False, help="Skip SfM on the scenes (pair metrics only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Mapping seed.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a pipeline setting in every method that runs the pipeline's configuration (ours-*; "
+                   "opencv-sift's matching and verification; mapping), e.g. detection.max_orientations=2.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("eval"), show_default=True,
               help="Folder for report.md, results.json, the pictures and each method's databases (work/).")
 @click.option("--viewpoint", is_flag=True, default=False,
@@ -82,13 +85,16 @@ Without --sequence/--scene, every dataset under --data is used.
 @click.option("-q", "--quiet", is_flag=True, default=False, help="Print only the report path.")
 def eval_command(data_dir: Path | None, sequences: tuple[Path, ...], scenes: tuple[Path, ...],
                  method_names: tuple[str, ...], weights: tuple[Path, ...], max_edge: int, max_keypoints: int,
-                 no_reconstruct: bool, seed: int, out_dir: Path, viewpoint: bool, tilts: str, quiet: bool) -> None:
+                 no_reconstruct: bool, seed: int, sets: tuple[str, ...], out_dir: Path, viewpoint: bool, tilts: str,
+                 quiet: bool) -> None:
     from matcher.evaluation.methods import EvalSettings, build_methods
     from matcher.evaluation.run import find_datasets, run_eval
 
     _setup_logging(quiet)
     try:
-        settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed)  # checked when built
+        settings = EvalSettings(max_edge=max_edge, max_keypoints=max_keypoints, seed=seed,
+                                overrides=list(sets))  # checked when built
+        settings.pipeline_config(None)  # a bad --set fails here, before any work
         names = [n.strip() for item in method_names for n in item.split(",") if n.strip()]
         if viewpoint:
             _viewpoint_eval(data_dir, out_dir, names or ["ours-viewpoint", "ours-default", "pycolmap-sift"],

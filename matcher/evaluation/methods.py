@@ -39,7 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from matcher.config import MIN_MAX_EDGE, PipelineConfig, Rule, at_least, check_settings, load_config
+from matcher.config import MIN_MAX_EDGE, PipelineConfig, Rule, at_least, check_settings, load_config, parse_override
 from matcher.errors import ImageReadError
 from matcher.images import list_images, read_image, resize_for_detection
 from matcher.mapping import ReconstructionSummary, model_path
@@ -67,12 +67,15 @@ ON_REQUEST_METHODS = ("ours-viewpoint",)
 
 @dataclass
 class EvalSettings:
-    """What every method shares: detection image size, keypoint budget, mapping seed and threads."""
+    """What every method shares: detection image size, keypoint budget, mapping seed and threads; ``overrides``:
+    ``"section.key=value"`` settings applied last to every pipeline configuration (``matcher eval --set``: the
+    ``ours-*`` methods, opencv-sift's matching and verification, every method's mapping)."""
 
     max_edge: int = 1024
     max_keypoints: int = 4096
     seed: int = 0
     num_threads: int = -1
+    overrides: list[str] = field(default_factory=list)
 
     rules: ClassVar[dict[str, Rule]] = {
         "max_edge": (lambda v: v == 0 or v >= MIN_MAX_EDGE, f"0 (full size) or at least {MIN_MAX_EDGE}"),
@@ -95,7 +98,7 @@ class EvalSettings:
             overrides.append({"descriptor": {"name": descriptor}})
         if weights is not None:
             overrides.append({"descriptor": {"weights": str(weights)}})
-        return load_config(preset, overrides)
+        return load_config(preset, overrides + [parse_override(text) for text in self.overrides])
 
 
 @dataclass
@@ -175,9 +178,11 @@ def _describe(preset: str, config: PipelineConfig) -> str:
         weights = config.descriptor.weights
         descriptor += f" (weights {f'models/{weights}.pt' if weights in shipped_models() else weights})"
     d = config.detection
+    orientations = ("one orientation per location" if d.max_orientations == 1 or d.upright else
+                    f"up to {d.max_orientations} orientations per location, similarity = max over them")
     return (
         f"matcher pipeline, preset {Path(preset).name}: DoG (OpenCV, contrast threshold {d.contrast_threshold:g}, "
-        f"largest scales kept up to the budget, one orientation per location) + {descriptor}, mutual NN + ratio "
+        f"largest scales kept up to the budget, {orientations}) + {descriptor}, mutual NN + ratio "
         f"{config.matching.ratio:g}, MAGSAC++ F/H at {config.verification.threshold:g} px of the detection image"
         + (", then matching on demand with affine view synthesis for failed pairs (matcher.on_demand)"
            if config.viewpoint.on_demand else "")

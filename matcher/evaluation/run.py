@@ -461,7 +461,8 @@ def run_eval(
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}; {_versions()}",
         f"- shared settings: detection on a copy with longer edge <= {settings.max_edge} px, "
         f"at most {settings.max_keypoints} keypoints per image (pycolmap-sift: before second orientations, "
-        f"so it ends with more), mapping seed {settings.seed}",
+        f"so it ends with more), mapping seed {settings.seed}"
+        + (f"; settings overridden: {', '.join(settings.overrides)}" if settings.overrides else ""),
         "",
         "Methods:",
         "",

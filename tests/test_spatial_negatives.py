@@ -64,6 +64,31 @@ def test_neighbour_patches_are_the_nearest_other_keypoints_cut_as_the_pipeline_d
     assert torch.allclose(nb.patches, extract_patches(gray, lafs_from_keypoints(kps.select(nb.view.numpy()), 6.0)))
 
 
+def test_neighbours_need_the_detector_the_tracks_were_built_with(tmp_path: Path) -> None:
+    """Tracks cut with one detector (here a 300-keypoint budget, as the training data's 4,096 at DoG 0.02 filled
+    its budget on 1600 px photos): rebuilt with it, the neighbours come; with the default preset's detector (5,120
+    at 0.01) no view reproduces: a one-line error naming the file, nothing written."""
+    from matcher.config import DetectionConfig
+    from matcher.errors import ConfigError
+    from matcher.training.spatial_negatives import build_neighbour_dataset
+
+    folder = require_shared("scenes", "kermit", "images")
+    name = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".jpg")[0]
+    small, _, _ = resize_for_detection(read_image(folder, name).gray, 640)
+    built_with = DetectionConfig(max_keypoints=300)
+    kps = detect_keypoints(small, built_with)
+    obs = np.arange(0, 300, 15)
+    tracks = PatchSet(extract_patches(small, lafs_from_keypoints(kps.select(obs), 6.0)), torch.arange(obs.size),
+                      torch.zeros(obs.size, dtype=torch.int64), torch.from_numpy(obs), (name,), 6.0)
+    save_patch_set(tracks, tmp_path / "tracks.h5", source="test", magnification=6.0)
+    nb = build_neighbour_dataset(tmp_path / "tracks.h5", folder, tmp_path / "nb.h5", max_edge=640, k=2,
+                                 detection=built_with)
+    assert len(nb) == 2 * obs.size
+    with pytest.raises(ConfigError, match="no view's re-detected keypoints reproduce") as caught:
+        build_neighbour_dataset(tmp_path / "tracks.h5", folder, tmp_path / "nb2.h5", max_edge=640, k=2)
+    assert "tracks.h5" in str(caught.value) and "\n" not in str(caught.value) and not (tmp_path / "nb2.h5").exists()
+
+
 def test_neighbour_index_finds_the_rows_of_an_observation() -> None:
     index = NeighbourIndex(np.array([5, 5, 5, 7, 5]), np.array([0, 0, 1, 0, 0]))
     rows, owner = index.lookup(np.array([5, 7, 9, 5]), np.array([0, 0, 0, 1]))

@@ -6,9 +6,10 @@ track training are other 3D points, far apart, so the network never sees those. 
 observation of a camera-track patch set (:func:`matcher.training.gt_tracks.tracks_to_patch_set`), the patches of
 the ``k`` nearest other DoG keypoints of the same view, by the same rule.
 
-The keypoints are re-detected as the track set was built (same detector settings, same ``max_edge``); a view is
-used only when the re-cut track patches equal the stored ones (so the keypoint indices refer to the same
-keypoints), else it is skipped and reported.
+The keypoints are re-detected as the track set was built (same detector settings: the ``pipeline`` preset
+``matcher dataset cameras --pipeline`` used; same ``max_edge``); a view is used only when the re-cut track patches
+equal the stored ones (so the keypoint indices refer to the same keypoints), else it is skipped and reported; if
+no view reproduces, a one-line :class:`~matcher.errors.ConfigError` names the file.
 
 The result is a :class:`PatchSet` whose ``labels`` are the labels of the observation each neighbour belongs to,
 ``photo`` its view and ``view`` the neighbour's keypoint index: rows that act only as negatives of that
@@ -25,6 +26,7 @@ import torch
 
 from matcher.config import DetectionConfig
 from matcher.detect import Keypoints, detect_keypoints
+from matcher.errors import MatcherError
 from matcher.images import read_image, resize_for_detection
 from matcher.patches import extract_patches, lafs_from_keypoints
 from matcher.training.homography_patches import PatchSet
@@ -100,15 +102,24 @@ def neighbour_patch_set(gray: list[np.ndarray], keypoints: list[Keypoints], trac
 
 
 def build_neighbour_dataset(tracks_path: Path, image_dir: Path, out_path: Path, max_edge: int = 1600, k: int = 4,
-                            exclusion_px: float = 3.0, detection: DetectionConfig | None = None) -> PatchSet:
-    """Re-detect the views of a camera-track dataset and write its spatial-neighbour patches to ``out_path``."""
+                            exclusion_px: float = 3.0, detection: DetectionConfig | None = None,
+                            pipeline: str = "default") -> PatchSet:
+    """Re-detect the views of a camera-track dataset and write its spatial-neighbour patches to ``out_path``.
+
+    ``detection`` (or else the ``pipeline`` preset's detector) must be the one the tracks were built with.
+
+    Raises:
+        ConfigError: when no view's re-cut track patches equal the stored ones (other detector settings).
+    """
+    from matcher.errors import ConfigError
     from matcher.training.datasets import load_patch_set, save_patch_set
 
     tracks = load_patch_set(Path(tracks_path))
+    used = "the given detection settings" if detection is not None else f"the {pipeline!r} preset's detector"
     if detection is None:
         from matcher.config import load_config
 
-        detection = load_config("default").detection  # what ``matcher dataset cameras`` detects with
+        detection = load_config(pipeline).detection  # what ``matcher dataset cameras --pipeline`` detects with
     gray, kps = [], []
     for name in tracks.names:
         small, _, _ = resize_for_detection(read_image(Path(image_dir), name).gray, max_edge)
@@ -116,6 +127,9 @@ def build_neighbour_dataset(tracks_path: Path, image_dir: Path, out_path: Path, 
         kps.append(detect_keypoints(small, detection))
     magnification = tracks.magnification or 6.0
     nb, skipped = neighbour_patch_set(gray, kps, tracks, k, exclusion_px, magnification)
+    if len(tracks) and len(skipped) == len(tracks.names):
+        raise ConfigError(f"{tracks_path}: no view's re-detected keypoints reproduce its track patches ({used}, "
+                          f"max_edge {max_edge}); use the --pipeline and --max-edge the tracks were built with")
     if skipped:
         log.warning("%s: views skipped (re-detection does not reproduce the track patches): %s", tracks_path,
                     ", ".join(skipped))
@@ -135,9 +149,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="neighbour patch dataset to write")
     parser.add_argument("--max-edge", type=int, default=1600, help="the detection size the tracks were built at")
     parser.add_argument("--neighbours", type=int, default=4, help="neighbours per observation")
+    parser.add_argument("--pipeline", default="default",
+                        help="preset whose detector the tracks were built with (matcher dataset cameras --pipeline)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    build_neighbour_dataset(args.tracks, args.images, args.out, args.max_edge, args.neighbours)
+    try:
+        build_neighbour_dataset(args.tracks, args.images, args.out, args.max_edge, args.neighbours,
+                                pipeline=args.pipeline)
+    except MatcherError as exc:
+        parser.exit(exc.exit_code, f"error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 
 from matcher.config import PipelineConfig, load_config
 from matcher.evaluation.methods import EvalSettings, OursMethod
-from matcher.evaluation.report import markdown_grid
+from matcher.evaluation.report import markdown_grid, pose_table
 from matcher.evaluation.run import evaluate_scene
 from matcher.shared_data import shared_data_dir
 
@@ -125,18 +125,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = [] if args.skip_pose else pose_rows(args)
     if rows:
-        columns = ["scene", "method", "matches", "inliers", "auc@1", "auc@2", "auc@5", "auc@10", "auc@20",
-                   "failed_pairs", "time_s"] + (["registered", "total_images"] if args.reconstruct else [])
-
-        def cell(row: dict, key: str) -> str:
-            value = row.get(key, "")
-            if key.startswith("auc@"):
-                return f"{100 * value:.1f}"
-            if key in ("matches", "inliers"):
-                return f"{value:.0f}"
-            return f"{value:.1f}" if isinstance(value, float) else str(value)
-
-        print(markdown_grid(columns, [[cell(r, c) for c in columns] for r in rows]), flush=True)
+        print(pose_table(rows, args.reconstruct), flush=True)
     if args.timing_images:
         header = ["orientations", "keypoints", "extra rows", "extract s/img", "ratio", "match s/pair", "ratio",
                   "extract+match ratio", "matches (sum)"]

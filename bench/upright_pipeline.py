@@ -26,7 +26,7 @@ import torch
 
 from matcher.config import PipelineConfig
 from matcher.evaluation.methods import EvalSettings, OursMethod
-from matcher.evaluation.report import markdown_grid
+from matcher.evaluation.report import pose_table
 from matcher.evaluation.run import evaluate_scene
 from matcher.shared_data import shared_data_dir
 
@@ -65,18 +65,7 @@ def main() -> None:
                                       reconstruct=args.reconstruct, settings=settings):
                 row["scene"] = scene
                 rows.append(row)
-    columns = ["scene", "method", "matches", "inliers", "auc@1", "auc@2", "auc@5", "auc@10", "auc@20",
-               "failed_pairs", "time_s"] + (["registered", "total_images"] if args.reconstruct else [])
-
-    def cell(row: dict, key: str) -> str:
-        value = row.get(key, "")
-        if key.startswith("auc@"):
-            return f"{100 * value:.1f}"
-        if key in ("matches", "inliers"):
-            return f"{value:.0f}"
-        return f"{value:.1f}" if isinstance(value, float) else str(value)
-
-    print(markdown_grid(columns, [[cell(r, c) for c in columns] for r in rows]))
+    print(pose_table(rows, args.reconstruct))
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "pose_curve"} for r in rows], indent=1,

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_value", "markdown_grid", "markdown_table", "write_report"]
+__all__ = ["format_value", "markdown_grid", "markdown_table", "pose_table", "write_report"]
 
 
 def format_value(value: Any, floatfmt: str = ".3f") -> str:
@@ -69,6 +69,26 @@ def markdown_grid(
 def _grid(headers: list[str], cells: list[list[str]], align: str) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(_RULES[a] for a in align) + "|"]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+POSE_COLUMNS = ["scene", "method", "matches", "inliers", "auc@1", "auc@2", "auc@5", "auc@10", "auc@20",
+                "failed_pairs", "time_s"]
+
+
+def pose_table(rows: Iterable[Mapping[str, Any]], reconstruct: bool = False) -> str:
+    """The pose protocol's rows (:func:`matcher.evaluation.run.evaluate_scene`, each with its ``scene``) as a
+    Markdown table: AUCs in percent, matches and inliers rounded, registered images when ``reconstruct``."""
+    columns = POSE_COLUMNS + (["registered", "total_images"] if reconstruct else [])
+
+    def cell(row: Mapping[str, Any], key: str) -> str:
+        value = row.get(key, "")
+        if key.startswith("auc@"):
+            return f"{100 * value:.1f}"
+        if key in ("matches", "inliers"):
+            return f"{value:.0f}"
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    return markdown_grid(columns, [[cell(r, c) for c in columns] for r in rows])
 
 
 def write_report(

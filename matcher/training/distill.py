@@ -12,7 +12,8 @@ copy in torch, about a third of a step's time). The student is trained on
 
 (s, t: unit student / teacher descriptors (B, 128); the second term keeps the teacher's in-batch similarity
 structure, which is what nearest-neighbour matching uses; the third is a label loss, HardNet by default, on the
-labelled views).
+labelled views; ``label_loss`` names any loss of :mod:`matcher.losses`, ``label_loss_options`` its constructor's
+keywords, e.g. ``{ m = 0.2 }`` for DDTAS).
 
 The same run trains on hard positives with the teacher as a regulariser (issue 11): ``init`` starts the student
 from trained weights, ``mix`` gives each data file its share of every batch's identities (e.g. mostly

@@ -95,6 +95,9 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     ("no_such_setting = 1", "unknown keys no_such_setting"),
     ("mix = [1.0, 2.0]", "mix needs one non-negative share per data file"),
     ("distill_sets = [3]", "distill_sets must list data file indices"),
+    ('extra_label_loss = "no_such_loss"', "unknown extra_label_loss 'no_such_loss'"),
+    ("w_extra_label = 1.0", "w_extra_label need extra_label_loss"),
+    ('extra_label_loss = "ddtas"\nextra_label_loss_options = { no_such_option = 1 }', "no_such_option"),
 ])
 def test_a_bad_distillation_config_is_one_line_naming_the_file(tmp_path: Path, setting: str, expected: str) -> None:
     """The distillation config is checked by the pipeline's mechanism (config.check_settings) at load."""
@@ -106,6 +109,29 @@ def test_a_bad_distillation_config_is_one_line_naming_the_file(tmp_path: Path, s
     with pytest.raises(ConfigError, match=expected) as caught:
         load_distill_config(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_second_label_loss_is_added_with_its_weight_and_logged() -> None:
+    """extra_label_loss (e.g. DDTAS beside HardNet): its term enters the total with w_extra_label and is reported
+    as ``extra_label``; unset, the loss is the HardNet-only one."""
+    from matcher.losses import get_loss
+    from matcher.training.distill import distill_losses
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(32).repeat_interleave(2)
+    student = torch.nn.functional.normalize(torch.randn(64, 128, generator=gen), dim=1)
+    student = torch.nn.functional.normalize(student + 0.1 * student.view(32, 2, 128).flip(1).reshape(64, 128), dim=1)
+    teacher = student.clone()  # weak positives (cosine ~0.1): DDTAS mines some anchors, so its term is > 0
+    hardnet = get_loss("hardnet")
+    alone_cfg = DistillConfig(data=[], out="x.pt", w_label=1.0)
+    alone, alone_terms = distill_losses(student, teacher, labels, hardnet, alone_cfg)
+    assert "extra_label" not in alone_terms
+    both_cfg = DistillConfig(data=[], out="x.pt", w_label=1.0, extra_label_loss="ddtas",
+                             extra_label_loss_options={"m": 0.2}, w_extra_label=2.0)
+    ddtas = get_loss("ddtas", m=0.2)
+    both, terms = distill_losses(student, teacher, labels, hardnet, both_cfg, extra_label_loss=ddtas)
+    assert terms["label"] == pytest.approx(alone_terms["label"]) and terms["extra_label"] > 0
+    assert float(both) == pytest.approx(float(alone) + 2.0 * terms["extra_label"], rel=1e-5)
 
 
 def test_threshold_loss_rewards_one_threshold_for_all_anchors() -> None:

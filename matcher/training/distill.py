@@ -13,7 +13,8 @@ copy in torch, about a third of a step's time). The student is trained on
 (s, t: unit student / teacher descriptors (B, 128); the second term keeps the teacher's in-batch similarity
 structure, which is what nearest-neighbour matching uses; the third is a label loss, HardNet by default, on the
 labelled views; ``label_loss`` names any loss of :mod:`matcher.losses`, ``label_loss_options`` its constructor's
-keywords, e.g. ``{ m = 0.2 }`` for DDTAS).
+keywords, e.g. ``{ m = 0.2 }`` for DDTAS). ``extra_label_loss`` / ``extra_label_loss_options`` /
+``w_extra_label`` add a second label loss to the first (e.g. DDTAS beside HardNet), logged as ``extra_label``.
 
 The same run trains on hard positives with the teacher as a regulariser (issue 11): ``init`` starts the student
 from trained weights, ``mix`` gives each data file its share of every batch's identities (e.g. mostly
@@ -99,6 +100,9 @@ class DistillConfig:
     w_label: float = 0.1
     label_loss: str = "hardnet"
     label_loss_options: dict[str, Any] = field(default_factory=dict)
+    extra_label_loss: str | None = None
+    extra_label_loss_options: dict[str, Any] = field(default_factory=dict)
+    w_extra_label: float = 0.0
     init: str | None = None
     mix: list[float] | None = None
     distill_sets: list[int] | None = None
@@ -126,7 +130,7 @@ class DistillConfig:
     rules: ClassVar[dict[str, Rule]] = {
         "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
         "lr": above(0.0), "warmup": at_least(0), "weight_decay": at_least(0.0), "w_descriptor": at_least(0.0),
-        "w_relation": at_least(0.0), "w_label": at_least(0.0), "validation_identities": at_least(2),
+        "w_relation": at_least(0.0), "w_label": at_least(0.0), "w_extra_label": at_least(0.0), "validation_identities": at_least(2),
         "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
         "threads": at_least(1), "w_threshold": at_least(0.0), "threshold_temperature": above(0.0),
         "spatial_negatives": at_least(0),
@@ -176,15 +180,21 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(f"{path}: mix needs one non-negative share per data file ({n}), not all zero")
     if config.neighbours is not None and len(config.neighbours) != n:
         raise ConfigError(f"{path}: neighbours needs one patch file (or \"\") per data file ({n})")
-    if config.label_loss not in LOSSES:
-        raise ConfigError(f"{path}: unknown label_loss {config.label_loss!r}; known: {', '.join(sorted(LOSSES))}")
-    try:
-        check_loss_options(config.label_loss, config.label_loss_options)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    if config.spatial_negatives > 0 and (not config.neighbours or config.label_loss not in NEGATIVE_ROW_LOSSES):
-        raise ConfigError(f"{path}: spatial_negatives needs neighbours and label_loss in "
-                          f"{', '.join(NEGATIVE_ROW_LOSSES)}")
+    label_terms = [("label_loss", config.label_loss, config.label_loss_options)]
+    if config.extra_label_loss is not None:
+        label_terms.append(("extra_label_loss", config.extra_label_loss, config.extra_label_loss_options))
+    elif config.extra_label_loss_options or config.w_extra_label > 0:
+        raise ConfigError(f"{path}: extra_label_loss_options / w_extra_label need extra_label_loss")
+    for key, name, options in label_terms:
+        if name not in LOSSES:
+            raise ConfigError(f"{path}: unknown {key} {name!r}; known: {', '.join(sorted(LOSSES))}")
+        try:
+            check_loss_options(name, options)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if config.spatial_negatives > 0 and (not config.neighbours or name not in NEGATIVE_ROW_LOSSES):
+            raise ConfigError(f"{path}: spatial_negatives needs neighbours and {key} in "
+                              f"{', '.join(NEGATIVE_ROW_LOSSES)}")
     for key in ("distill_sets", "validation_sets"):
         value = getattr(config, key)
         if value is not None and (not value or not all(0 <= i < n for i in value)):
@@ -241,15 +251,31 @@ def hardnet_with_negatives(descriptors: torch.Tensor, labels: torch.Tensor, marg
     return torch.relu(margin + d_p - d_n).mean()
 
 
+def _label_term(name: str, loss: torch.nn.Module, student: torch.Tensor, labels: torch.Tensor,
+                config: DistillConfig) -> torch.Tensor:
+    """One label loss of a batch; with spatial-neighbour rows, HardNet through :func:`hardnet_with_negatives` and
+    any other loss rescaled to its anchors' mean. student: (B, 128) unit rows. labels: (B,)."""
+    if config.spatial_negatives > 0 and name == "hardnet":
+        return hardnet_with_negatives(student, labels)
+    lab = loss(student, labels)
+    anchors = int((torch.bincount(labels - labels.min())[labels - labels.min()] > 1).sum())
+    if 0 < anchors < len(labels):  # DDTAS averages over all B rows; negative-only rows are not anchors
+        lab = lab * (len(labels) / anchors)  # the anchors' mean, the scale of a batch without them
+    return lab
+
+
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
                    config: DistillConfig, distill_rows: torch.Tensor | None = None,
-                   tau: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   tau: torch.Tensor | None = None, extra_label_loss: torch.nn.Module | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation loss of one batch.
 
     Args:
         student: (B, 128) unit rows (with gradient). teacher: (B, 128) unit rows (targets). labels: (B,) int64.
         distill_rows: (B,) bool, the rows the teacher terms apply to (None: all).
         tau: the learned threshold of :func:`threshold_loss` (used when ``config.w_threshold`` > 0).
+        extra_label_loss: the module of ``config.extra_label_loss`` (a second label term, weight
+            ``config.w_extra_label``; logged as ``extra_label``.
 
     Returns:
         The scalar loss and its terms as floats.
@@ -268,15 +294,13 @@ def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
         terms["threshold"] = float(thr.detach())
         terms["tau"] = float(tau.detach())
     if config.w_label > 0:
-        if config.spatial_negatives > 0 and config.label_loss == "hardnet":
-            lab = hardnet_with_negatives(student, labels)
-        else:
-            lab = label_loss(student, labels)
-            anchors = int((torch.bincount(labels - labels.min())[labels - labels.min()] > 1).sum())
-            if 0 < anchors < len(labels):  # DDTAS averages over all B rows; negative-only rows are not anchors
-                lab = lab * (len(labels) / anchors)  # the anchors' mean, the scale of a batch without them
+        lab = _label_term(config.label_loss, label_loss, student, labels, config)
         total = total + config.w_label * lab
         terms["label"] = float(lab.detach())
+    if config.w_extra_label > 0 and extra_label_loss is not None and config.extra_label_loss is not None:
+        extra = _label_term(config.extra_label_loss, extra_label_loss, student, labels, config)
+        total = total + config.w_extra_label * extra
+        terms["extra_label"] = float(extra.detach())
     terms["loss"] = float(total.detach())
     return total, terms
 
@@ -542,6 +566,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     label_loss = get_loss(config.label_loss, **config.label_loss_options)
+    extra_label_loss = (get_loss(config.extra_label_loss, **config.extra_label_loss_options)
+                        if config.extra_label_loss is not None else None)
     tau = torch.nn.Parameter(torch.tensor(float(config.threshold)))
     opt = torch.optim.AdamW([{"params": student.parameters()}, {"params": [tau], "weight_decay": 0.0}],
                             lr=config.lr, weight_decay=config.weight_decay)
@@ -587,7 +613,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
                 "distilled_from": str(config.teacher), "teacher_meta_loss": teacher_meta.get("loss"),
                 "data": [Path(p).name for p in config.data], "step": step, "steps_planned": config.steps,
                 "loss": f"distill: {config.w_descriptor}*L2 + {config.w_relation}*relation + "
-                        f"{config.w_label}*{config.label_loss} + {config.w_threshold}*threshold",
+                        f"{config.w_label}*{config.label_loss} + {config.w_threshold}*threshold"
+                        + (f" + {config.w_extra_label}*{config.extra_label_loss}" if extra_label_loss else ""),
                 "init": config.init, "mix": config.mix, "distill_sets": config.distill_sets,
                 "lr": config.lr, "identities_per_batch": config.identities_per_batch, "seed": config.seed,
                 "validation": record,
@@ -606,7 +633,9 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
             note({"event": "end of schedule", "step": step})
             break
         student.train()
-        label_loss.set_progress(p)  # DDTAS's false-negative guard starts at a share of the run
+        for loss_module in (label_loss, extra_label_loss):
+            if loss_module is not None:
+                loss_module.set_progress(p)  # DDTAS's false-negative guard starts at a share of the run
         lr = _lr_at(config, step, p)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -634,14 +663,16 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
             out = student(patches)
         loss, terms = distill_losses(F.normalize(out.float(), dim=1), target, labels, label_loss, config,
-                                     distill_rows, tau)
+                                     distill_rows, tau, extra_label_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 10 == 0:
             note({"step": step, "lr": lr, "rows": int(len(labels)), "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
                   **terms, **({f"{config.label_loss}_{k}": v for k, v in label_loss.statistics().items()}
-                              if config.label_loss != "hardnet" else {})})
+                              if config.label_loss != "hardnet" else {}),
+                  **({f"extra_{config.extra_label_loss}_{k}": v for k, v in extra_label_loss.statistics().items()}
+                     if extra_label_loss is not None and config.extra_label_loss != "hardnet" else {})})
         if (step + 1) % config.eval_every == 0:
             evaluate(step + 1)
         if (step + 1) % config.checkpoint_every == 0:

@@ -130,7 +130,8 @@ class DistillConfig:
     rules: ClassVar[dict[str, Rule]] = {
         "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
         "lr": above(0.0), "warmup": at_least(0), "weight_decay": at_least(0.0), "w_descriptor": at_least(0.0),
-        "w_relation": at_least(0.0), "w_label": at_least(0.0), "w_extra_label": at_least(0.0), "validation_identities": at_least(2),
+        "w_relation": at_least(0.0), "w_label": at_least(0.0), "w_extra_label": at_least(0.0),
+        "validation_identities": at_least(2),
         "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
         "threads": at_least(1), "w_threshold": at_least(0.0), "threshold_temperature": above(0.0),
         "spatial_negatives": at_least(0),

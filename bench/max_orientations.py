@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +28,8 @@ import torch
 
 from matcher.config import PipelineConfig, load_config
 from matcher.evaluation.methods import EvalSettings, OursMethod
-from matcher.evaluation.report import markdown_grid, pose_table
-from matcher.evaluation.run import evaluate_scene
+from matcher.evaluation.report import markdown_grid, pose_table, write_rows_json
+from matcher.evaluation.run import evaluate_shared_scenes
 from matcher.shared_data import shared_data_dir
 
 
@@ -55,16 +53,11 @@ def pose_rows(args: argparse.Namespace) -> list[dict]:
         settings = EvalSettings(max_edge=args.max_edge, max_keypoints=budget, num_threads=1)
         first_settings = first_settings or settings
         methods += [_Orientations(settings, preset, k) for k in (1, 2)]
-    rows = []
-    with tempfile.TemporaryDirectory() as work:
-        for scene in args.scenes:
-            for row in evaluate_scene(shared_data_dir() / "scenes" / scene, methods, Path(work) / scene,
-                                      reconstruct=args.reconstruct, settings=first_settings):
-                row["scene"] = scene
-                rows.append(row)
-                print(scene, row["method"], f"inliers {row.get('inliers', 0):.0f}",
-                      f"auc@5 {100 * row.get('auc@5', 0):.1f}", f"{row.get('time_s', 0):.0f} s", flush=True)
-    return rows
+    def progress(row: dict) -> None:
+        print(row["scene"], row["method"], f"inliers {row.get('inliers', 0):.0f}",
+              f"auc@5 {100 * row.get('auc@5', 0):.1f}", f"{row.get('time_s', 0):.0f} s", flush=True)
+
+    return evaluate_shared_scenes(args.scenes, methods, first_settings, args.reconstruct, on_row=progress)
 
 
 def timing(args: argparse.Namespace) -> list[list[str]]:
@@ -134,8 +127,7 @@ def main() -> None:
         print(markdown_grid(header, timing(args)))
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "pose_curve"} for r in rows], indent=1,
-                                        default=str))
+        write_rows_json(args.json, rows)
 
 
 if __name__ == "__main__":

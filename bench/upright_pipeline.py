@@ -16,8 +16,6 @@ Default scene: entry-P10 (held out from training). One torch / OpenCV thread.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +24,8 @@ import torch
 
 from matcher.config import PipelineConfig
 from matcher.evaluation.methods import EvalSettings, OursMethod
-from matcher.evaluation.report import pose_table
-from matcher.evaluation.run import evaluate_scene
-from matcher.shared_data import shared_data_dir
+from matcher.evaluation.report import pose_table, write_rows_json
+from matcher.evaluation.run import evaluate_shared_scenes
 
 
 class _Upright(OursMethod):
@@ -57,19 +54,12 @@ def main() -> None:
     for preset in args.presets:
         methods.append(OursMethod(settings, descriptor=None, name=f"{preset}", preset=preset))
         methods.append(_Upright(settings, descriptor=None, name=f"{preset} + upright", preset=preset))
-    rows = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as work:
-        for scene in args.scenes:
-            for row in evaluate_scene(shared_data_dir() / "scenes" / scene, methods, Path(work) / scene,
-                                      reconstruct=args.reconstruct, settings=settings):
-                row["scene"] = scene
-                rows.append(row)
+    rows = evaluate_shared_scenes(args.scenes, methods, settings, args.reconstruct)
     print(pose_table(rows, args.reconstruct))
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if args.json:
-        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "pose_curve"} for r in rows], indent=1,
-                                        default=str))
+        write_rows_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
-__all__ = ["format_value", "markdown_grid", "markdown_table", "pose_table", "write_report"]
+__all__ = ["format_value", "markdown_grid", "markdown_table", "pose_table", "write_report", "write_rows_json"]
 
 
 def format_value(value: Any, floatfmt: str = ".3f") -> str:
@@ -89,6 +90,12 @@ def pose_table(rows: Iterable[Mapping[str, Any]], reconstruct: bool = False) -> 
         return f"{value:.1f}" if isinstance(value, float) else str(value)
 
     return markdown_grid(columns, [[cell(r, c) for c in columns] for r in rows])
+
+
+def write_rows_json(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """The pose protocol's rows as JSON, without their ``pose_curve`` (values JSON cannot hold as strings)."""
+    Path(path).write_text(json.dumps([{k: v for k, v in r.items() if k != "pose_curve"} for r in rows], indent=1,
+                                     default=str))
 
 
 def write_report(

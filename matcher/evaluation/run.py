@@ -68,6 +68,7 @@ __all__ = [
     "find_datasets",
     "evaluate_homography",
     "evaluate_scene",
+    "evaluate_shared_scenes",
     "run_eval",
 ]
 
@@ -384,6 +385,31 @@ _FORMATS = {"keypoints": ".0f", "matches": ".0f", "correct": ".0f", "inliers": "
             "map_time_s": ".1f", "corner_error_median": ".2f", "median_error_deg": ".2f", "track_length": ".2f",
             "reprojection_error": ".3f", "rotation_error_median": ".3f", "rotation_error_max": ".3f",
             "position_error_median": ".4f", "position_error_max": ".4f"}
+
+
+def evaluate_shared_scenes(
+    scene_names: Sequence[str],
+    methods: Sequence[Method],
+    settings: EvalSettings,
+    reconstruct: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_scene` on shared scenes by name (``../shared/data/scenes/<name>``), in a temporary work
+    folder; every row gets its ``scene``, and ``on_row`` (e.g. a progress print) is called as each arrives."""
+    import tempfile
+
+    from matcher.shared_data import shared_data_dir
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as work:
+        for scene in scene_names:
+            for row in evaluate_scene(shared_data_dir() / "scenes" / scene, methods, Path(work) / scene,
+                                      reconstruct=reconstruct, settings=settings):
+                row["scene"] = scene
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+    return rows
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:

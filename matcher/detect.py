@@ -104,10 +104,9 @@ class Keypoints:
         if self.shapes is not None:
             raise ValueError("extra orientations of keypoints with affine shapes are not supported")
         rows = np.r_[np.arange(len(self)), self.extra_index]
-        out = Keypoints(self.xy[rows], self.scales[rows], self.orientations[rows], self.scores[rows],
-                        None if self.octaves is None else self.octaves[rows])
-        out.orientations = np.r_[self.orientations, self.extra_orientations].astype(np.float32)
-        return out
+        orientations = np.r_[self.orientations, self.extra_orientations].astype(np.float32)
+        return Keypoints(self.xy[rows], self.scales[rows], orientations, self.scores[rows],
+                         None if self.octaves is None else self.octaves[rows])
 
     def rescaled(self, sx: float, sy: float) -> "Keypoints":
         """Map to an image resized by (sx, sy): pixel centres scale as ``(x + 0.5) * s - 0.5``."""

@@ -24,6 +24,11 @@ scored by the maximum similarity over their orientations, for every descriptor (
 several keypoints at one location). Same keypoints, tracks, positives and negatives.
 ``--per-scene`` adds each scene's tables to the pooled ones.
 
+``--tracks clean`` builds the positives with the stricter track rule chosen by the track builder's null test
+(``TRACK_RULES["clean"]``, ``data/hard-clean/RULE.txt``, bench/track_null.py) instead of the published one
+(``--tracks published``, the default, which every table before 2026-12-01 21:00 used); its cache files are
+``{scene}-tracks-clean.npz``, apart from the published ``{scene}-tracks.npz``.
+
     python bench/hard_patches.py --model models/sdgmnet-half.pt --model models/sdgmnet.pt --tfeat liberty \
         --orientations both --per-scene --cache data/hard-cache
 """
@@ -45,7 +50,7 @@ from matcher.evaluation.report import markdown_grid
 from matcher.shared_data import shared_data_dir
 from matcher.training.baselines import describe_with_baseline
 from matcher.training.gt_cameras import load_scene_cameras
-from matcher.training.gt_tracks import detect_views
+from matcher.training.gt_tracks import TRACK_RULES, detect_views
 from matcher.training.hard_benchmark import (
     ANGLE_BINS,
     SCALE_BINS,
@@ -95,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="Orientations per keypoint with 'peaks' (detection.max_orientations).")
     parser.add_argument("--no-opencv", action="store_true", help="Without the pipeline's RootSIFT (OpenCV).")
     parser.add_argument("--per-scene", action="store_true", help="Also each scene's tables (default: pooled only).")
+    parser.add_argument("--tracks", choices=sorted(TRACK_RULES), default="published",
+                        help="Track rule of the positives: published (every earlier table) or clean (null-tested).")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     protocols = PROTOCOLS[args.orientations]
@@ -125,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         detection = DetectionConfig(upright=args.upright,
                                     max_orientations=args.max_peaks if "peaks" in protocols else 1)
         views = detect_views(scene_dir / "images", load_scene_cameras(scene_dir), detection)
-        tracks = cached_tracks(views, args.cache / f"{scene}-tracks.npz" if args.cache else None, save=True)
+        cache_name = f"{scene}-tracks.npz" if args.tracks == "published" else f"{scene}-tracks-{args.tracks}.npz"
+        tracks = cached_tracks(views, args.cache / cache_name if args.cache else None, save=True,
+                               config=TRACK_RULES[args.tracks])
         pairs = positive_pairs(views, tracks)
         counts[scene] = {"views": len(views), "tracks": len(tracks), "observations": int(tracks.track.size),
                          "pairs": len(pairs)}
@@ -163,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     bins = [(f"{lo:g}-{hi:g}°", (angle_all >= lo) & (angle_all < hi)) for lo, hi in ANGLE_BINS]
     bins += [(f"scale {lo:g}-{hi:g}" if np.isfinite(hi) else f"scale ≥{lo:g}", (ratio_all >= lo) & (ratio_all < hi))
              for lo, hi in SCALE_BINS]
-    result = {"scenes": counts, "bins": {}, "seconds": time.perf_counter() - t0}
+    result = {"scenes": counts, "tracks": args.tracks, "bins": {}, "seconds": time.perf_counter() - t0}
     for label, mask in bins:
         result["bins"][label] = {n: bin_metrics(pooled[n], mask) for n in names}
     scene_all = np.concatenate(scene_of)
@@ -171,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         result["per_scene"] = {scene: {label: {n: bin_metrics(pooled[n], mask & (scene_all == i)) for n in names}
                                        for label, mask in bins} for i, scene in enumerate(args.scenes)}
 
-    print(f"\nScenes: {', '.join(args.scenes)}; directed positive pairs per bin: "
+    print(f"\nTrack rule: {args.tracks} ({TRACK_RULES[args.tracks]})")
+    print(f"Scenes: {', '.join(args.scenes)}; directed positive pairs per bin: "
           + ", ".join(f"{label} {result['bins'][label][names[0]]['positives']:,}" for label, _ in bins))
     labels = [label for label, _ in bins]
 

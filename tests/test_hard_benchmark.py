@@ -11,9 +11,10 @@ import torch
 from matcher.config import DetectionConfig
 from matcher.detect import detect_keypoints
 from matcher.training.gt_cameras import camera_centre, load_scene_cameras, normalise_projection, read_strecha_camera
-from matcher.training.gt_tracks import View, build_tracks, tracks_to_patch_set
+from matcher.training.gt_tracks import TRACK_RULES, TrackConfig, View, build_tracks, decoy_views, tracks_to_patch_set
 from matcher.training.hard_benchmark import (
     bin_metrics,
+    chance_rate,
     opencv_rootsift_describer,
     orientation_owner,
     pair_geometry,
@@ -172,3 +173,27 @@ def test_ground_truth_cameras_of_the_shared_scenes() -> None:
     path = scenes / "entry-P10" / "gt_dense_cameras" / "0000.jpg.camera"
     C = np.array(path.read_text().split("\n")[7].split(), float)
     np.testing.assert_allclose(camera_centre(read_strecha_camera(path)), C, atol=1e-6)
+
+
+def test_null_test_measures_chance_alignments_and_the_clean_rule_drops_them(plane_scene: list[View]) -> None:
+    """Decoy keypoints (each view's shifted by its own vector: same density and scales, no true correspondence)
+    make few tracks under the published rule, many under an absurdly loose one, and fewer still under "clean"."""
+    decoys = decoy_views(plane_scene, shift_px=48.0, seed=0)
+    for v, d in zip(plane_scene, decoys):
+        assert len(d.keypoints) == len(v.keypoints)
+        np.testing.assert_array_equal(d.keypoints.scales, v.keypoints.scales)
+        moved = np.linalg.norm(d.keypoints.xy - v.keypoints.xy, axis=1)
+        assert np.median(moved) == pytest.approx(48.0, abs=0.01)  # wrapped keypoints aside
+    shifts = [np.median(d.keypoints.xy - v.keypoints.xy, axis=0) for v, d in zip(plane_scene, decoys)]
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(shifts) for b in shifts[i + 1:]) > 10  # no two alike
+
+    published = chance_rate(plane_scene, TRACK_RULES["published"])
+    assert published.real_tracks > 300 and published.real_pairs[-1] > 1000
+    # measured 0.096: an upper estimate (on the real keypoints true tracks claim most keypoints first; 9 of 414
+    # real tracks lie off the plane)
+    assert published.share[-1] < 0.2
+    loose = chance_rate(plane_scene, TrackConfig(tolerance_px=4.0, tolerance_sigma=0.5, scale_tolerance=3.0))
+    assert loose.share[-1] > 0.5  # measured 0.86: with loose tolerances most tracks could be chance
+    clean = chance_rate(plane_scene, TRACK_RULES["clean"])
+    assert clean.decoy_tracks <= published.decoy_tracks / 4 and clean.share[-1] < 0.03
+    assert clean.real_tracks > 100

@@ -37,13 +37,15 @@ import torch
 from matcher.descriptors.rootsift import RootSIFT
 from matcher.detect import Keypoints
 from matcher.patches import DEFAULT_MAGNIFICATION, extract_patches, lafs_from_keypoints
-from matcher.training.gt_tracks import Tracks, View, build_tracks
+from matcher.training.gt_tracks import TrackConfig, Tracks, View, build_tracks, decoy_views
 from matcher.training.metrics import fpr95
 
 __all__ = [
     "ANGLE_BINS",
     "SCALE_BINS",
     "cached_tracks",
+    "ChanceRate",
+    "chance_rate",
     "PositivePairs",
     "positive_pairs",
     "DirectedScores",
@@ -75,13 +77,14 @@ def orientation_owner(keypoints: Keypoints) -> np.ndarray:
     return np.r_[np.arange(len(keypoints)), extra].astype(np.int64)
 
 
-def cached_tracks(views: list[View], cache_file: Path | None, save: bool = False) -> Tracks:
+def cached_tracks(views: list[View], cache_file: Path | None, save: bool = False,
+                  config: TrackConfig | None = None) -> Tracks:
     """A scene's benchmark tracks: read from ``cache_file`` (an ``.npz``) when it exists, else built from ``views``
-    (and written there when ``save``)."""
+    with ``config`` (and written there when ``save``). The file does not record the rule: keep one file per rule."""
     if cache_file is not None and cache_file.is_file():
         with np.load(cache_file) as f:
             return Tracks(f["points"], f["track"], f["view"], f["keypoint"])
-    tracks = build_tracks(views)
+    tracks = build_tracks(views, config)
     if save and cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache_file, points=tracks.points, track=tracks.track, view=tracks.view, keypoint=tracks.keypoint)
@@ -108,7 +111,7 @@ def positive_pairs(views: list[View], tracks: Tracks) -> PositivePairs:
     """Every pair of views of every track, with its viewpoint angle and scale ratio."""
     centres = np.stack([v.centre for v in views])
     cols: list[list[np.ndarray]] = [[] for _ in range(6)]
-    starts = np.flatnonzero(np.r_[True, tracks.track[1:] != tracks.track[:-1]])
+    starts = np.flatnonzero(np.r_[True, tracks.track[1:] != tracks.track[:-1]]) if tracks.track.size else np.zeros(0, int)
     ends = np.r_[starts[1:], tracks.track.size]
     lengths = ends - starts
     for length in np.unique(lengths):
@@ -134,6 +137,41 @@ def positive_pairs(views: list[View], tracks: Tracks) -> PositivePairs:
         z = np.zeros(0, np.int64)
         return PositivePairs(z, z, z, z, np.zeros(0), np.zeros(0))
     return PositivePairs(*(np.concatenate(c) for c in cols))
+
+
+@dataclass
+class ChanceRate:
+    """The track builder's null test on one scene: tracks and positive pairs per angle bin (:data:`ANGLE_BINS`,
+    then all angles) from the real keypoints and from :func:`~matcher.training.gt_tracks.decoy_views`.
+    ``decoy_pairs / real_pairs`` estimates the share of the real positives that are chance alignments (an upper
+    estimate: on the real keypoints true tracks also claim keypoints a chance alignment would need)."""
+
+    real_tracks: int
+    decoy_tracks: int
+    real_pairs: np.ndarray
+    decoy_pairs: np.ndarray
+
+    @property
+    def share(self) -> np.ndarray:
+        """(len(ANGLE_BINS) + 1,) decoy over real positive pairs per bin (NaN where no real pair)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.real_pairs > 0, self.decoy_pairs / np.maximum(self.real_pairs, 1), np.nan)
+
+
+def _pairs_per_angle_bin(views: list[View], tracks: Tracks) -> np.ndarray:
+    angle = positive_pairs(views, tracks).angle
+    return np.array([np.sum((angle >= lo) & (angle < hi)) for lo, hi in ANGLE_BINS] + [angle.size], np.int64)
+
+
+def chance_rate(views: list[View], config: TrackConfig | None = None, shift_px: float = 48.0, seed: int = 0,
+                real: Tracks | None = None) -> ChanceRate:
+    """Null test of :func:`~matcher.training.gt_tracks.build_tracks` with ``config``: the same build on decoy
+    keypoints that keep each view's density and scales but no true correspondence (``shift_px``, ``seed``: see
+    :func:`~matcher.training.gt_tracks.decoy_views`). ``real``: the real tracks if already built with ``config``."""
+    real = build_tracks(views, config) if real is None else real
+    decoys = decoy_views(views, shift_px, seed)
+    decoy = build_tracks(decoys, config)
+    return ChanceRate(len(real), len(decoy), _pairs_per_angle_bin(views, real), _pairs_per_angle_bin(decoys, decoy))
 
 
 @dataclass

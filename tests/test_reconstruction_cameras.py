@@ -99,3 +99,19 @@ def test_dataset_cameras_from_a_reconstruction(model: Path, tiny: Path, tmp_path
     missing = CliRunner().invoke(main, ["dataset", "cameras", str(tiny), "--reconstruction", str(tiny),
                                         "--out", str(tmp_path / "x.h5")])
     assert missing.exit_code != 0 and "no COLMAP model" in missing.output
+
+
+def test_dataset_cameras_clean_track_rule(model: Path, tiny: Path, tmp_path: Path) -> None:
+    """``--tracks clean`` reaches build_tracks: fewer tracks than the published rule, each seen in 4+ views."""
+    tracks, views = {}, {}
+    for rule in ("published", "clean"):
+        out = tmp_path / f"{rule}.h5"
+        result = CliRunner().invoke(main, ["dataset", "cameras", str(tiny), "--reconstruction", str(model),
+                                           "--out", str(out), "--pipeline", "rootsift", "--tracks", rule])
+        assert result.exit_code == 0, result.output
+        patch_set = load_patch_set(out)
+        tracks[rule] = patch_set.num_identities
+        views[rule] = np.bincount(patch_set.labels.numpy()).min()
+    assert 0 < tracks["clean"] < tracks["published"]
+    assert views["published"] == 3 and views["clean"] >= 4  # TRACK_RULES["clean"].min_views
+    assert "published" in CliRunner().invoke(main, ["dataset", "cameras", "--help"]).output  # the default

@@ -60,16 +60,21 @@ def dataset_scene(images: Path, out: Path, work: Path | None, sparse: Path | Non
 @click.option("--min-shared", type=int, default=30, show_default=True,
               help="With --reconstruction: pair views that share at least this many 3D points.")
 @click.option("--max-edge", type=int, default=None, help="Detect on a copy resized to this longer edge.")
+@click.option("--tracks", "track_rule", type=click.Choice(["published", "clean"]), default="published",
+              show_default=True, help="Track rule (gt_tracks.TRACK_RULES): clean = stricter tolerances, 4 views, "
+                                      "support within 60 deg (fewer chance-aligned positives).")
 def dataset_cameras(scene: Path, out: Path, pipeline: str, reconstruction: Path | None, min_shared: int,
-                    max_edge: int | None) -> None:
+                    max_edge: int | None, track_rule: str) -> None:
     """Patches of descriptor-free tracks of SCENE (images/ plus ground-truth cameras, or an image folder with
     --reconstruction): wide-baseline positives linked by geometry alone."""
     from matcher.config import load_config
     from matcher.training.datasets import build_camera_dataset
+    from matcher.training.gt_tracks import TRACK_RULES
 
     try:
         config = load_config(pipeline, [{"images": {"max_edge": max_edge}}] if max_edge is not None else [])
-        patch_set = build_camera_dataset(scene, out, config, reconstruction=reconstruction, min_shared=min_shared)
+        patch_set = build_camera_dataset(scene, out, config, reconstruction=reconstruction, min_shared=min_shared,
+                                         track_config=TRACK_RULES[track_rule])
     except MatcherError as exc:
         _fail(exc)
     except FileNotFoundError as exc:

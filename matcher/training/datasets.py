@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -21,6 +21,9 @@ from matcher.pipeline import OutputPaths, run_match
 from matcher.storage import read_patch_dataset, write_patch_dataset
 from matcher.training.homography_patches import PatchSet, make_homography_patches
 from matcher.training.track_patches import patches_from_reconstruction
+
+if TYPE_CHECKING:
+    from matcher.training.gt_tracks import TrackConfig
 
 __all__ = [
     "save_patch_set",
@@ -75,7 +78,7 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
 
 def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig | None = None,
                          images: Sequence[str] | None = None, reconstruction: Path | None = None,
-                         min_shared: int = 30) -> PatchSet:
+                         min_shared: int = 30, track_config: TrackConfig | None = None) -> PatchSet:
     """Patches of the descriptor-free tracks of a scene with cameras (:mod:`matcher.training.gt_tracks`).
 
     Args:
@@ -87,6 +90,7 @@ def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig
         reconstruction: a COLMAP model of ``scene_dir`` (e.g. ``match --reconstruct``): its cameras (lens
             distortion removed from the keypoints for the geometry) replace ground truth, and only its covisible
             pairs (at least ``min_shared`` common 3D points) make two-view hypotheses.
+        track_config: the track rule (e.g. ``TRACK_RULES["clean"]``); default: the published rule.
     """
     from matcher.training.gt_cameras import (
         covisible_pairs,
@@ -111,7 +115,7 @@ def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig
     if images is not None:
         cameras = {name: P for name, P in cameras.items() if name in set(images)}
     views = detect_views(image_dir, cameras, config.detection, config.images.max_edge, undistort)
-    tracks = build_tracks(views, pairs=pairs)
+    tracks = build_tracks(views, track_config, pairs=pairs)
     magnification = patch_magnification(config.descriptor, config.patches)
     patch_set = tracks_to_patch_set(views, tracks, magnification)
     source = f"camera tracks of {scene_dir}" + ("" if reconstruction is None else f" (cameras of {reconstruction})")

@@ -183,13 +183,15 @@ def decoy_views(views: list[View], shift_px: float = 48.0, seed: int = 0) -> lis
     """The null test's views: each view's keypoints shifted by its own vector of length ``shift_px`` (wrapping
     around the frame), the images and cameras unchanged.
 
-    A different shift per view moves every true correspondence off its epipolar line (the two shifts differ by
-    ``2 shift_px sin(Δθ/2)``, far beyond the tolerances) and breaks the ratios of disparities that a third view
-    would confirm, while the keypoints' number, scales and local clustering stay, and a shift of a few dozen
-    pixels keeps the density where projections land (the textured part of a view stays about where it was, unlike
-    a rotation or another scene's keypoints). The directions follow the golden angle from a random start, so no
-    two views get similar shifts. A global rotation by 180° is no decoy here: it keeps horizontal epipolar lines
-    and, for cameras converging on a scene, maps points near the convergence distance to valid mirrored points.
+    The shifts of two views differ by ``2 shift_px sin(Δθ/2)`` (17-96 px for 10-13 views at 48 px), far beyond the
+    tolerances, so true correspondences leave their epipolar lines (or, where the difference runs along a line,
+    change depth and lose the third view's confirmation), while the keypoints' number, scales and local clustering
+    stay, and a shift of a few dozen pixels keeps the density where projections land (the textured part of a view
+    stays about where it was, unlike with another scene's keypoints). The directions follow the golden angle from a
+    random start, so no two views get similar shifts. A rotation of every view by 180° would map horizontal
+    epipolar lines to horizontal lines and so keep the two-view consistency of true correspondences for cameras
+    moving sideways (on entry-P10 it happened to give about as many decoy tracks as the shifts: 911 against
+    816-899, published rule).
     """
     rng = np.random.default_rng(seed)
     start = rng.uniform(0, 2 * np.pi)

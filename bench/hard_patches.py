@@ -31,6 +31,8 @@ several keypoints at one location). Same keypoints, tracks, positives and negati
 
     python bench/hard_patches.py --model models/sdgmnet-half.pt --model models/sdgmnet.pt --tfeat liberty \
         --orientations both --per-scene --cache data/hard-cache
+    python bench/hard_patches.py --model models/sdgmnet-half.pt --model models/sdgmnet.pt --tfeat liberty \
+        --orientations both --per-scene --ratios 0.8 --cache data/hard-clean --tracks clean
 """
 
 from __future__ import annotations

@@ -72,9 +72,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "real_tracks": c.real_tracks, "decoy_tracks": c.decoy_tracks,
                             "real_pairs": c.real_pairs.tolist(), "decoy_pairs": c.decoy_pairs.tolist()})
                 rows.append([scene, rule, str(seed), f"{c.real_tracks:,} / {c.decoy_tracks:,}"]
-                            + [f"{r:,} / {d:,} = {100 * s:.1f}%" for r, d, s in zip(c.real_pairs, c.decoy_pairs, c.share)])
+                            + [f"{r:,} / {d:,} = {100 * s:.1f}%"
+                               for r, d, s in zip(c.real_pairs, c.decoy_pairs, c.share)])
                 print(f"{scene} {rule} seed {seed}: {rows[-1][3:]} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    print(f"\nDecoy shift {args.shift:g} px. Tracks real / decoy; positive pairs (unordered) real / decoy = chance share:\n")
+    print(f"\nDecoy shift {args.shift:g} px. Tracks real / decoy; positive pairs (unordered) real / decoy = "
+          "chance share:\n")
     print(markdown_grid(["scene", "rule", "seed", "tracks"] + labels, rows))
     print(f"\n{time.perf_counter() - t0:.0f} s")
     if args.json:

@@ -111,7 +111,8 @@ def positive_pairs(views: list[View], tracks: Tracks) -> PositivePairs:
     """Every pair of views of every track, with its viewpoint angle and scale ratio."""
     centres = np.stack([v.centre for v in views])
     cols: list[list[np.ndarray]] = [[] for _ in range(6)]
-    starts = np.flatnonzero(np.r_[True, tracks.track[1:] != tracks.track[:-1]]) if tracks.track.size else np.zeros(0, int)
+    starts = np.flatnonzero(np.r_[True, tracks.track[1:] != tracks.track[:-1]])
+    starts = starts if tracks.track.size else starts[:0]
     ends = np.r_[starts[1:], tracks.track.size]
     lengths = ends - starts
     for length in np.unique(lengths):

@@ -48,6 +48,16 @@ def test_report_carries_hard_bin_metrics_before_and_after(tuned: tuple[Path, dic
     assert all(report["before"][b]["positives"] == report["after"][b]["positives"] for b in BIN_LABELS)
     assert report["before"]["all"]["map"] != report["after"]["all"]["map"]
     assert "FPR95 before -> after" in output and "mAP before -> after" in output and str(out) in output
+    # by default the keypoints are linked by the clean track rule (chance alignments rejected), and the report says so
+    assert report["settings"]["tracks"] == "clean" and "track rule clean" in output
+
+
+def test_unknown_track_rule_is_a_one_line_error() -> None:
+    from matcher.errors import ConfigError
+    from matcher.training.finetune import FinetuneSettings
+
+    with pytest.raises(ConfigError, match="--tracks loose: unknown track rule"):
+        FinetuneSettings(tracks="loose").check()
 
 
 def test_default_base_is_the_presets_sdgmnet() -> None:

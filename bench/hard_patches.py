@@ -25,7 +25,7 @@ several keypoints at one location). Same keypoints, tracks, positives and negati
 ``--per-scene`` adds each scene's tables to the pooled ones.
 
 ``--tracks clean`` builds the positives with the stricter track rule chosen by the track builder's null test
-(``TRACK_RULES["clean"]``, ``data/hard-clean/RULE.txt``, bench/track_null.py) instead of the published one
+(``TRACK_RULES["clean"]``, models/sdgmnet.md "Cleaned tracks", bench/track_null.py) instead of the published one
 (``--tracks published``, the default, which every table before 2026-12-01 21:00 used); its cache files are
 ``{scene}-tracks-clean.npz``, apart from the published ``{scene}-tracks.npz``.
 

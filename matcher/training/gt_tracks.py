@@ -29,7 +29,8 @@ that a keypoint of a third view happens to confirm passes every test. :func:`dec
 the same views with each view's keypoints moved by its own shift, so no true correspondence survives while the
 keypoints' density, clustering and scales stay; tracks built on them are chance alignments only
 (:func:`matcher.training.hard_benchmark.chance_rate` compares their count with the real one). ``TRACK_RULES``
-names the published rule and the stricter one chosen from that null test (``data/hard-clean/RULE.txt``).
+names the published rule and the stricter one chosen from that null test (models/sdgmnet.md, "Cleaned
+tracks").
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class TrackConfig:
 #: Named track rules of the hard patch benchmark. "published": the rule of every table before 2026-12-01 21:00
 #: (models/sdgmnet.md). "clean": stricter, chosen at 20:51 by the null test of :func:`decoy_views` alone
 #: (bench/track_null.py; chance share ≤ 0.5 % in every angle bin of entry-P10 and buddha, against 10-12 % and
-#: 73-116 % with the published rule; data/hard-clean/RULE.txt).
+#: 73-116 % with the published rule; models/sdgmnet.md, "Cleaned tracks").
 TRACK_RULES: dict[str, TrackConfig] = {
     "published": TrackConfig(),
     "clean": TrackConfig(tolerance_px=0.5, tolerance_sigma=0.05, scale_tolerance=1.25, min_views=4,

@@ -10,6 +10,7 @@ import click
 
 from matcher.errors import MatcherError
 from matcher.training.finetune import FinetuneSettings
+from matcher.training.gt_tracks import TRACK_RULES
 
 __all__ = ["dataset_group", "train_command", "finetune_command"]
 
@@ -60,7 +61,7 @@ def dataset_scene(images: Path, out: Path, work: Path | None, sparse: Path | Non
 @click.option("--min-shared", type=int, default=30, show_default=True,
               help="With --reconstruction: pair views that share at least this many 3D points.")
 @click.option("--max-edge", type=int, default=None, help="Detect on a copy resized to this longer edge.")
-@click.option("--tracks", "track_rule", type=click.Choice(["published", "clean"]), default="published",
+@click.option("--tracks", "track_rule", type=click.Choice(sorted(TRACK_RULES)), default="published",
               show_default=True, help="Track rule (gt_tracks.TRACK_RULES): clean = stricter tolerances, 4 views, "
                                       "support within 60 deg (fewer chance-aligned positives).")
 def dataset_cameras(scene: Path, out: Path, pipeline: str, reconstruction: Path | None, min_shared: int,
@@ -69,7 +70,6 @@ def dataset_cameras(scene: Path, out: Path, pipeline: str, reconstruction: Path 
     --reconstruction): wide-baseline positives linked by geometry alone."""
     from matcher.config import load_config
     from matcher.training.datasets import build_camera_dataset
-    from matcher.training.gt_tracks import TRACK_RULES
 
     try:
         config = load_config(pipeline, [{"images": {"max_edge": max_edge}}] if max_edge is not None else [])
@@ -176,7 +176,7 @@ FINETUNE_DEFAULTS = FinetuneSettings()
 @click.option("--held-out", type=float, default=FINETUNE_DEFAULTS.held_out, show_default=True,
               help="Fraction of the scene's 3D points never trained on, where the report is measured.")
 @click.option("--seed", type=int, default=FINETUNE_DEFAULTS.seed, show_default=True, help="Split, batches, augmentation.")
-@click.option("--tracks", type=click.Choice(["clean", "published"]), default=FINETUNE_DEFAULTS.tracks,
+@click.option("--tracks", type=click.Choice(sorted(TRACK_RULES)), default=FINETUNE_DEFAULTS.tracks,
               show_default=True, help="Track rule linking the keypoints (matcher.training.gt_tracks.TRACK_RULES): "
                                       "clean rejects chance alignments; published is the hard benchmark's first rule.")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,

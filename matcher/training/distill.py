@@ -265,6 +265,14 @@ def _label_term(name: str, loss: torch.nn.Module, student: torch.Tensor, labels:
     return lab
 
 
+def _loss_statistics(prefix: str, name: str | None, loss: torch.nn.Module | None) -> dict[str, float]:
+    """A label loss's running statistics for the log, keyed ``{prefix}{name}_{key}`` (none for HardNet, which
+    keeps none, or for an absent loss)."""
+    if loss is None or name is None or name == "hardnet":
+        return {}
+    return {f"{prefix}{name}_{k}": v for k, v in loss.statistics().items()}
+
+
 def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, label_loss: torch.nn.Module,
                    config: DistillConfig, distill_rows: torch.Tensor | None = None,
                    tau: torch.Tensor | None = None, extra_label_loss: torch.nn.Module | None = None
@@ -276,7 +284,7 @@ def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
         distill_rows: (B,) bool, the rows the teacher terms apply to (None: all).
         tau: the learned threshold of :func:`threshold_loss` (used when ``config.w_threshold`` > 0).
         extra_label_loss: the module of ``config.extra_label_loss`` (a second label term, weight
-            ``config.w_extra_label``; logged as ``extra_label``.
+            ``config.w_extra_label``; logged as ``extra_label``).
 
     Returns:
         The scalar loss and its terms as floats.
@@ -298,7 +306,8 @@ def distill_losses(student: torch.Tensor, teacher: torch.Tensor, labels: torch.T
         lab = _label_term(config.label_loss, label_loss, student, labels, config)
         total = total + config.w_label * lab
         terms["label"] = float(lab.detach())
-    if config.w_extra_label > 0 and extra_label_loss is not None and config.extra_label_loss is not None:
+    if config.w_extra_label > 0 and extra_label_loss is not None:
+        assert config.extra_label_loss is not None  # the module is built from it
         extra = _label_term(config.extra_label_loss, extra_label_loss, student, labels, config)
         total = total + config.w_extra_label * extra
         terms["extra_label"] = float(extra.detach())
@@ -615,7 +624,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
                 "data": [Path(p).name for p in config.data], "step": step, "steps_planned": config.steps,
                 "loss": f"distill: {config.w_descriptor}*L2 + {config.w_relation}*relation + "
                         f"{config.w_label}*{config.label_loss} + {config.w_threshold}*threshold"
-                        + (f" + {config.w_extra_label}*{config.extra_label_loss}" if extra_label_loss else ""),
+                        + (f" + {config.w_extra_label}*{config.extra_label_loss}"
+                           if extra_label_loss is not None else ""),
                 "init": config.init, "mix": config.mix, "distill_sets": config.distill_sets,
                 "lr": config.lr, "identities_per_batch": config.identities_per_batch, "seed": config.seed,
                 "validation": record,
@@ -670,10 +680,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         opt.step()
         if step % 10 == 0:
             note({"step": step, "lr": lr, "rows": int(len(labels)), "progress": round(p, 4), "s_per_step": (time.time() - t0) / max(1, step - start + 1),
-                  **terms, **({f"{config.label_loss}_{k}": v for k, v in label_loss.statistics().items()}
-                              if config.label_loss != "hardnet" else {}),
-                  **({f"extra_{config.extra_label_loss}_{k}": v for k, v in extra_label_loss.statistics().items()}
-                     if extra_label_loss is not None and config.extra_label_loss != "hardnet" else {})})
+                  **terms, **_loss_statistics("", config.label_loss, label_loss),
+                  **_loss_statistics("extra_", config.extra_label_loss, extra_label_loss)})
         if (step + 1) % config.eval_every == 0:
             evaluate(step + 1)
         if (step + 1) % config.checkpoint_every == 0:

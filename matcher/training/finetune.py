@@ -32,6 +32,7 @@ import numpy as np
 
 from matcher.config import PipelineConfig, load_config
 from matcher.errors import ConfigError
+from matcher.training.gt_tracks import TRACK_RULES
 from matcher.training.hard_benchmark import ANGLE_BINS
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ class FinetuneSettings:
                 raise ConfigError(f"finetune {name} = {getattr(self, name)}: must be at least 1")
         if self.eval_views < 2:
             raise ConfigError(f"finetune eval_views = {self.eval_views}: must be at least 2")
-        from matcher.training.gt_tracks import TRACK_RULES
-
         if self.tracks not in TRACK_RULES:
             raise ConfigError(f"--tracks {self.tracks}: unknown track rule (one of {', '.join(sorted(TRACK_RULES))})")
 
@@ -253,7 +252,7 @@ def finetune_scene(
     """
     from matcher.training.datasets import save_patch_set
     from matcher.training.gt_cameras import reconstruction_cameras, reconstruction_undistorters
-    from matcher.training.gt_tracks import TRACK_RULES, build_tracks, detect_views, tracks_to_patch_set
+    from matcher.training.gt_tracks import build_tracks, detect_views, tracks_to_patch_set
     from matcher.training.trainer import TrainConfig, train
 
     settings = settings or FinetuneSettings()

@@ -39,6 +39,7 @@ Patch datasets (training), one file each, written whole and renamed into place:
     labels    (N,)        int64   identity (3D point or warped keypoint)
     photo     (N,)        int64   index into attrs["names"] of the source image
     view      (N,)        int64   keypoint index in that image (or warp index for homography sets)
+    rays      (N, 3)      float32 optional (camera-track sets): unit vector from the 3D point to the view's camera
     attrs: names (JSON list), source (free text), magnification
 """
 
@@ -521,8 +522,9 @@ def write_patch_dataset(
     names: list[str],
     source: str,
     magnification: float,
+    rays: np.ndarray | None = None,
 ) -> None:
-    """Write a patch dataset (layout in the module docstring); ``patches`` (N, 32, 32) uint8."""
+    """Write a patch dataset (layout in the module docstring); ``patches`` (N, 32, 32) uint8, ``rays`` (N, 3)."""
     import json
 
     path = Path(path)
@@ -534,6 +536,8 @@ def write_patch_dataset(
         f.create_dataset("labels", data=labels.astype(np.int64))
         f.create_dataset("photo", data=photo.astype(np.int64))
         f.create_dataset("view", data=view.astype(np.int64))
+        if rays is not None:
+            f.create_dataset("rays", data=np.asarray(rays, np.float32).reshape(-1, 3))
         f.attrs["names"] = json.dumps(list(names))
         f.attrs["source"] = source
         f.attrs["magnification"] = float(magnification)
@@ -541,12 +545,14 @@ def write_patch_dataset(
 
 
 def read_patch_dataset(path: Path) -> dict:
-    """Read a patch dataset: a dict of the arrays and the attributes (``names`` as a list)."""
+    """Read a patch dataset: a dict of the arrays (``rays`` None where not stored) and the attributes (``names``
+    as a list)."""
     import json
 
     try:
         with h5py.File(Path(path), "r") as f:
             out = {key: f[key][()] for key in ("patches", "labels", "photo", "view")}
+            out["rays"] = f["rays"][()] if "rays" in f else None
             out["names"] = json.loads(f.attrs["names"])
             out["source"] = str(f.attrs["source"])
             out["magnification"] = float(f.attrs["magnification"])

@@ -67,6 +67,32 @@ def test_distillation_writes_usable_weights_and_resumes(photo_patches: Path, tmp
     assert best["step"] in (2, 4)
 
 
+def test_a_resumed_run_keeps_the_deadline_its_first_sitting_fixed(photo_patches: Path, tmp_path: Path) -> None:
+    """``deadline = "HH:MM"`` is fixed as a date and time when the run starts and kept in the checkpoint: a run
+    resumed after that time does not take the next day's HH:MM as a new deadline."""
+    import datetime as dt
+
+    config = tmp_path / "d.toml"
+    deadline = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=3)).strftime("%H:%M")
+    config.write_text(
+        f'data = ["{photo_patches}"]\nout = "run/student.pt"\nlog_file = "run/log.jsonl"\nsteps = 4\n'
+        "identities_per_batch = 32\neval_every = 2\ncheckpoint_every = 1\nvalidation_identities = 20\nwarmup = 1\n"
+        f'deadline = "{deadline}"\n'
+    )
+    cfg = load_distill_config(config, {"steps": 1})
+    distill(cfg)
+    state = torch.load(cfg.checkpoint_path, weights_only=True)
+    fixed = dt.datetime.fromisoformat(state["deadline_at"])
+    assert dt.timedelta(hours=2) < fixed - dt.datetime.now(dt.timezone.utc) < dt.timedelta(hours=3)
+    # as if the run had been stopped at step 1 and resumed after its deadline
+    state["deadline_at"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)).isoformat()
+    state["progress"] = 0.25
+    torch.save(state, cfg.checkpoint_path)
+    distill(load_distill_config(config))
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"event": "end of schedule", "step": 1} in events  # no step after the deadline
+
+
 def test_an_unknown_variant_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown SDGMNet variant 'tiny'"):
         SDGMNet(channels="tiny")
@@ -77,16 +103,24 @@ def test_an_unknown_variant_is_refused() -> None:
 def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     import datetime as dt
 
-    soon = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=2)).strftime("%H:%M")
-    if soon < dt.datetime.now(dt.timezone.utc).strftime("%H:%M"):
-        pytest.skip("the deadline would fall on the next day")
+    from matcher.training.distill import _deadline_time
+
+    now = dt.datetime.now(dt.timezone.utc)
+    soon = (now + dt.timedelta(hours=2)).strftime("%H:%M")
     by_steps = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline=soon), start=0, resumed_progress=0.0)
     assert by_steps(50) == pytest.approx(0.5, abs=0.01)  # two hours away: the step share leads
     assert by_steps(100) == 1.0
     resumed = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline=soon), start=50, resumed_progress=0.7)
     assert resumed(50) == pytest.approx(0.7, abs=0.01)  # a resumed run continues its decay where it stopped
-    past = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline="00:00"), start=0, resumed_progress=0.0)
-    assert past(0) == 1.0  # past the deadline: no step is run
+    past = _Progress(DistillConfig(data=[], out="x.pt", steps=100, deadline=soon), start=50, resumed_progress=0.7,
+                     deadline_at=now - dt.timedelta(minutes=1))
+    assert past(50) == 1.0  # resumed after the deadline its first sitting fixed: no step is run
+    # HH:MM is the first such time after the start, also across midnight
+    late = dt.datetime(2026, 12, 1, 23, 30, tzinfo=dt.timezone.utc)
+    assert _deadline_time("01:30", late) == dt.datetime(2026, 12, 2, 1, 30, tzinfo=dt.timezone.utc)
+    assert _deadline_time("23:45", late) == dt.datetime(2026, 12, 1, 23, 45, tzinfo=dt.timezone.utc)
+    assert _deadline_time("23:30", late) == dt.datetime(2026, 12, 2, 23, 30, tzinfo=dt.timezone.utc)
+    assert _deadline_time(None, late) is None
 
 
 @pytest.mark.parametrize("setting, expected", [
@@ -95,6 +129,7 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     ("no_such_setting = 1", "unknown keys no_such_setting"),
     ("mix = [1.0, 2.0]", "mix needs one non-negative share per data file"),
     ("distill_sets = [3]", "distill_sets must list data file indices"),
+    ("wide_pairs = 1.5", "wide_pairs = 1.5: must be between 0.0 and 1.0"),
     ('extra_label_loss = "no_such_loss"', "unknown extra_label_loss 'no_such_loss'"),
     ("w_extra_label = 1.0", "w_extra_label need extra_label_loss"),
     ('extra_label_loss = "ddtas"\nextra_label_loss_options = { no_such_option = 1 }', "no_such_option"),
@@ -161,3 +196,51 @@ def test_mixed_batches_take_each_files_share_and_skip_validation_rows() -> None:
     for batch in _batches(labels, source, train_idx, config):
         assert len(batch) == 40 and set(batch) <= set(train_idx)
         assert (source[batch] == 1).sum() == 30  # 75 % of the identities from file 1, though it holds 25 %
+
+
+def test_wide_pairs_draw_the_widest_views_of_camera_track_rows_only() -> None:
+    """``wide_pairs``: identities of files with viewing rays show their two views at the widest angle (a share
+    of them); rows without rays (NaN, e.g. homographies) are drawn as before."""
+    import numpy as np
+
+    from matcher.training.distill import _batches
+
+    labels = torch.arange(200).repeat_interleave(4)  # 200 identities x 4 views; file 0: ids 0-99, file 1: 100-199
+    source = (labels >= 100).long()
+    angles = torch.tensor([0.0, 10.0, 50.0, 20.0]).repeat(200).deg2rad()  # view 2 is 50 deg from view 0
+    rays = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], 1)
+    rays[source == 0] = float("nan")
+    train_idx = np.arange(len(labels))
+    config = DistillConfig(data=["a.h5", "b.h5"], out="x.pt", steps=20, identities_per_batch=20, mix=[0.5, 0.5],
+                           wide_pairs=1.0)
+    for batch in _batches(labels, source, train_idx, config, rays):
+        pairs = (torch.from_numpy(batch) % 4).view(-1, 2).sort(1).values
+        from_file_1 = source[torch.from_numpy(batch[::2])] == 1
+        assert (pairs[from_file_1] == torch.tensor([0, 2])).all()
+        assert not (pairs[~from_file_1] == torch.tensor([0, 2])).all(1).all()  # random pairs in file 0
+    plain = list(_batches(labels, source, train_idx, DistillConfig(data=["a.h5", "b.h5"], out="x.pt", steps=5,
+                                                                     identities_per_batch=20, mix=[0.5, 0.5]), rays))
+    no_rays = list(_batches(labels, source, train_idx, DistillConfig(data=["a.h5", "b.h5"], out="x.pt", steps=5,
+                                                                       identities_per_batch=20, mix=[0.5, 0.5])))
+    assert all((a == b).all() for a, b in zip(plain, no_rays))  # wide_pairs = 0: the draws of before
+
+
+def test_rays_survive_saving_and_concatenation(tmp_path: Path) -> None:
+    """A camera-track set's rays are written and read back; concatenated with a set without rays (homographies),
+    those rows are NaN; a set without rays reads back as None."""
+    from matcher.training.datasets import concat_patch_sets, load_patch_set, save_patch_set
+    from matcher.training.homography_patches import PatchSet
+
+    def patch_set(n: int, rays: torch.Tensor | None) -> PatchSet:
+        labels = torch.arange(n // 2).repeat_interleave(2)
+        return PatchSet(torch.rand(n, 1, 32, 32), labels, torch.zeros(n, dtype=torch.long), torch.arange(n),
+                        ("a.jpg",), 6.0, rays)
+
+    rays = torch.nn.functional.normalize(torch.randn(6, 3), dim=1)
+    save_patch_set(patch_set(6, rays), tmp_path / "cam.h5", "test", 6.0)
+    save_patch_set(patch_set(4, None), tmp_path / "hom.h5", "test", 6.0)
+    cam, hom = load_patch_set(tmp_path / "cam.h5"), load_patch_set(tmp_path / "hom.h5")
+    assert torch.allclose(cam.rays, rays) and hom.rays is None
+    both = concat_patch_sets([hom, cam])
+    assert both.rays.shape == (10, 3) and both.rays[:4].isnan().all() and torch.allclose(both.rays[4:], rays)
+    assert concat_patch_sets([hom, hom]).rays is None

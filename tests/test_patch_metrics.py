@@ -139,6 +139,38 @@ def test_pk_sampler_hardnet_style_and_stream() -> None:
         PKSampler(labels, 4, views_per_identity=3)
 
 
+def test_pk_sampler_wide_share_takes_each_identitys_widest_pair() -> None:
+    """With rays, ``wide_share`` of the identities show their two views at the widest angle (checked against a
+    loop over every pair); the rest, and a sampler without ``wide_share``, draw as without rays."""
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(60), rng.integers(2, 7, 60))
+    rays = rng.normal(size=(len(labels), 3))
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+    rays[labels == 7] = np.nan  # an identity without known rays: always two random views
+    widest = {}
+    for ident in np.unique(labels):
+        rows = np.flatnonzero(labels == ident)
+        best = max(((a, b) for a in rows for b in rows if a < b), key=lambda ab: -rays[ab[0]] @ rays[ab[1]])
+        widest[int(ident)] = set(best)
+    always = PKSampler(labels, 10, 2, seed=3, rays=rays, wide_share=1.0)
+    batches = list(always.batches(12))
+    for b in batches:
+        for a, c in b.reshape(-1, 2):
+            if labels[a] != 7:
+                assert {a, c} == widest[int(labels[a])]
+    half = [tuple(map(int, pair)) for b in PKSampler(labels, 10, 2, seed=3, rays=rays, wide_share=0.5).batches(12)
+            for pair in b.reshape(-1, 2)]
+    share = np.mean([set(p) == widest[int(labels[p[0]])] for p in half])
+    assert 0.4 < share < 0.85  # half of them, plus the random pairs that happen to be the widest
+    plain = list(PKSampler(labels, 10, 2, seed=3).batches(12))
+    zero = list(PKSampler(labels, 10, 2, seed=3, rays=rays, wide_share=0.0).batches(12))
+    assert all((a == b).all() for a, b in zip(plain, zero))
+    with pytest.raises(ValueError, match="wide_share needs rays"):
+        PKSampler(labels, 10, 3, rays=rays, wide_share=0.5)
+    with pytest.raises(ValueError, match="wide_share needs rays"):
+        PKSampler(labels, 10, 2, wide_share=0.5)
+
+
 def test_verification_pairs() -> None:
     labels = np.repeat(np.arange(40), 3)
     groups = labels // 10  # 4 "photos" of 10 identities

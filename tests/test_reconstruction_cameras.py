@@ -112,6 +112,27 @@ def test_dataset_cameras_clean_track_rule(model: Path, tiny: Path, tmp_path: Pat
         patch_set = load_patch_set(out)
         tracks[rule] = patch_set.num_identities
         views[rule] = np.bincount(patch_set.labels.numpy()).min()
+        _check_rays_meet_at_each_track_point(patch_set, model)
     assert 0 < tracks["clean"] < tracks["published"]
     assert views["published"] == 3 and views["clean"] >= 4  # TRACK_RULES["clean"].min_views
     assert "published" in CliRunner().invoke(main, ["dataset", "cameras", "--help"]).output  # the default
+
+
+def _check_rays_meet_at_each_track_point(patch_set, model: Path) -> None:
+    """The stored rays (N, 3) are unit vectors from one 3D point per track to the cameras of its views: the lines
+    camera centre - t * ray of a track's views meet (least-squares point within 0.1 % of the camera distance)."""
+    assert patch_set.rays is not None and patch_set.rays.shape == (len(patch_set), 3)
+    rays = patch_set.rays.numpy().astype(np.float64)
+    assert np.allclose(np.linalg.norm(rays, axis=1), 1.0, atol=1e-5)
+    rec = load_reconstruction(model)
+    centre = {im.name: im.projection_center() for im in rec.images.values()}
+    centres = np.stack([centre[patch_set.names[p]] for p in patch_set.photo.numpy()])
+    labels = patch_set.labels.numpy()
+    spread = []
+    for track in np.unique(labels):
+        rows = np.flatnonzero(labels == track)
+        proj = np.eye(3)[None] - rays[rows, :, None] * rays[rows, None, :]  # onto each line's normal plane
+        point = np.linalg.solve(proj.sum(0), np.einsum("nij,nj->i", proj, centres[rows]))
+        off = np.linalg.norm(np.einsum("nij,nj->ni", proj, point - centres[rows]), axis=1)
+        spread.append(off.max() / np.linalg.norm(point - centres[rows], axis=1).mean())
+    assert np.max(spread) < 1e-3

@@ -41,8 +41,9 @@ log = logging.getLogger("matcher")
 def save_patch_set(patch_set: PatchSet, path: Path, source: str, magnification: float) -> None:
     """Write a :class:`PatchSet` (patches quantised to uint8)."""
     patches = (patch_set.patches[:, 0].clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+    rays = None if patch_set.rays is None else patch_set.rays.numpy()
     write_patch_dataset(path, patches, patch_set.labels.numpy(), patch_set.photo.numpy(), patch_set.view.numpy(),
-                        list(patch_set.names), source, magnification)
+                        list(patch_set.names), source, magnification, rays)
 
 
 def load_patch_set(path: Path) -> PatchSet:
@@ -55,11 +56,13 @@ def load_patch_set(path: Path) -> PatchSet:
         view=torch.from_numpy(data["view"]),
         names=tuple(data["names"]),
         magnification=data["magnification"],
+        rays=None if data["rays"] is None else torch.from_numpy(data["rays"]),
     )
 
 
 def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
-    """Concatenate, keeping identities and photos distinct across sets."""
+    """Concatenate, keeping identities and photos distinct across sets; ``rays`` where any set has them (NaN rows
+    for the sets without)."""
     patches, labels, photo, view, names = [], [], [], [], []
     label_offset, photo_offset = 0, 0
     for s in sets:
@@ -72,8 +75,11 @@ def concat_patch_sets(sets: Sequence[PatchSet]) -> PatchSet:
         photo_offset += len(s.names)
     magnifications = {s.magnification for s in sets}
     magnification = magnifications.pop() if len(magnifications) == 1 else 0.0  # mixed: not one known value
+    rays = None
+    if any(s.rays is not None for s in sets):
+        rays = torch.cat([s.rays if s.rays is not None else torch.full((len(s), 3), float("nan")) for s in sets])
     return PatchSet(torch.cat(patches), torch.cat(labels), torch.cat(photo), torch.cat(view), tuple(names),
-                    magnification)
+                    magnification, rays)
 
 
 def build_camera_dataset(scene_dir: Path, out_path: Path, config: PipelineConfig | None = None,

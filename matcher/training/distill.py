@@ -27,6 +27,10 @@ so the teacher does not hold the camera tracks' wide-baseline positives at its o
 with a learned τ (initial ``threshold``) and temperature T = ``threshold_temperature``: every positive above τ,
 every anchor's hardest in-batch negative below it (anchors: rows with a positive).
 
+``wide_pairs``: in the camera-track files that store viewing rays (``matcher dataset cameras``), this share of
+each batch's identities shows its two views at the widest angle instead of two at random
+(:class:`~matcher.training.sampler.PKSampler`'s ``wide_share``), for more wide-baseline positives.
+
 Spatial-neighbour negatives (``neighbours``, one patch file per data file or ""; built by
 :mod:`matcher.training.spatial_negatives`): for every camera-track row of a batch, ``spatial_negatives`` patches
 of the nearest other keypoints of its view are added as negative-only rows (a label of their own), the hard
@@ -38,7 +42,7 @@ both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pa
 
 Stoppable at any time: a checkpoint (student, optimiser, step, history) every ``checkpoint_every`` steps and the
 weights of the best validation so far in ``out`` (a normal weights file, usable with ``--model``). ``deadline``
-(UTC ``HH:MM``) ends the run by then: the cosine learning-rate decay follows the larger of the step share and the
+(UTC ``HH:MM``, the first such time after the run starts; a resumed run keeps it) ends the run by then: the cosine learning-rate decay follows the larger of the step share and the
 time share to the deadline (:class:`_Progress`), so on a busy machine the run ends with fewer steps but a fully
 decayed learning rate. Training stays in torch (optionally bfloat16 autocast; channels_last).
 """
@@ -60,7 +64,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from matcher.config import Rule, above, at_least, check_settings
+from matcher.config import Rule, above, at_least, check_settings, within
 from matcher.descriptors.sdgmnet import SDGMNet
 from matcher.descriptors.weights import load_sdgmnet, save_sdgmnet
 from matcher.errors import ConfigError
@@ -110,6 +114,7 @@ class DistillConfig:
     select: Literal["cos", "fpr95"] = "cos"
     neighbours: list[str] | None = None
     spatial_negatives: int = 0
+    wide_pairs: float = 0.0
     w_threshold: float = 0.0
     threshold: float = 0.5
     threshold_temperature: float = 0.05
@@ -134,7 +139,7 @@ class DistillConfig:
         "validation_identities": at_least(2),
         "eval_every": at_least(1), "checkpoint_every": at_least(1), "magnification": above(0.0),
         "threads": at_least(1), "w_threshold": at_least(0.0), "threshold_temperature": above(0.0),
-        "spatial_negatives": at_least(0),
+        "spatial_negatives": at_least(0), "wide_pairs": within(0.0, 1.0),
     }
 
     @property
@@ -471,11 +476,12 @@ def _lr_at(config: DistillConfig, step: int, progress: float) -> float:
 
 
 def _deadline_time(deadline: str | None, now: dt.datetime) -> dt.datetime | None:
-    """Today's UTC ``HH:MM`` as a datetime, or None."""
+    """The first UTC ``HH:MM`` after ``now`` (so a run started at 23:30 with ``01:30`` gets two hours), or None."""
     if not deadline:
         return None
     hh, mm = (int(x) for x in deadline.split(":"))
-    return now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    end = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    return end if end > now else end + dt.timedelta(days=1)
 
 
 class _Progress:
@@ -483,12 +489,14 @@ class _Progress:
     from this sitting's start (resumed at ``resumed_progress``) to the deadline, so the learning-rate decay
     ends when the run must end, however fast the (shared) machine is."""
 
-    def __init__(self, config: DistillConfig, start: int, resumed_progress: float) -> None:
+    def __init__(self, config: DistillConfig, start: int, resumed_progress: float,
+                 deadline_at: dt.datetime | None = None) -> None:
+        """``deadline_at``: the deadline a resumed run fixed when it first started (its checkpoint keeps it)."""
         self.steps, self.start_progress = config.steps, resumed_progress
         self.t0 = dt.datetime.now(dt.timezone.utc)
-        self.end = _deadline_time(config.deadline, self.t0)
+        self.end = _deadline_time(config.deadline, self.t0) if deadline_at is None else deadline_at
         if self.end is not None and self.end <= self.t0:
-            self.end = self.t0  # already past: the run stops before its first step
+            self.end = self.t0  # a resumed run already past its deadline stops before its first step
 
     def __call__(self, step: int) -> float:
         p = step / self.steps
@@ -581,7 +589,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     tau = torch.nn.Parameter(torch.tensor(float(config.threshold)))
     opt = torch.optim.AdamW([{"params": student.parameters()}, {"params": [tau], "weight_decay": 0.0}],
                             lr=config.lr, weight_decay=config.weight_decay)
-    start, history, best, resumed_progress = 0, [], None, 0.0
+    start, history, best, resumed_progress, deadline_at = 0, [], None, 0.0, None
     ckpt = config.checkpoint_path
     if resume and ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -592,6 +600,8 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         start, history = int(state["step"]), json.loads(state["history"])
         resumed_progress = float(state.get("progress", start / config.steps))
         best = json.loads(state["best"]) if state.get("best") else None
+        if config.deadline and state.get("deadline") == config.deadline and state.get("deadline_at"):
+            deadline_at = dt.datetime.fromisoformat(state["deadline_at"])
         note({"event": "resumed", "step": start})
     note({"event": "start", "train_patches": int(len(train_idx)), "val_patches": int(len(val_idx)),
           "neighbour_patches": 0 if neighbours is None else len(neighbours[0]),
@@ -599,13 +609,14 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
           "student_flops": student.flops_per_patch(), "teacher_flops": teacher.flops_per_patch(),
           "config": {k: v for k, v in asdict(config).items() if k != "history"}})
 
-    batches = _batches(data.labels, source, train_idx, config)
+    batches = _batches(data.labels, source, train_idx, config, data.rays)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
 
     def save_checkpoint(step: int) -> None:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(), "step": step, "tau": float(tau.detach()),
-                    "progress": progress(step),
+                    "progress": progress(step), "deadline": config.deadline or "",
+                    "deadline_at": progress.end.isoformat() if progress.end is not None else "",
                     "history": json.dumps(history), "best": json.dumps(best) if best else ""}, tmp)
         tmp.replace(ckpt)
 
@@ -634,7 +645,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
         student.train()
 
     gen = torch.Generator().manual_seed(config.seed * 1000 + start)
-    progress = _Progress(config, start, resumed_progress)
+    progress = _Progress(config, start, resumed_progress, deadline_at)
     t0, done = time.time(), start
     for step, idx in enumerate(batches):
         if step < start:
@@ -696,12 +707,19 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     return best or {}
 
 
-def _batches(labels: torch.Tensor, source: torch.Tensor, train_idx: np.ndarray, config: DistillConfig):
+def _batches(labels: torch.Tensor, source: torch.Tensor, train_idx: np.ndarray, config: DistillConfig,
+             rays: torch.Tensor | None = None):
     """Row indices of each step's batch: P identities × K views, drawn from all training rows, or with ``mix``
-    from each data file in proportion to its share (a :class:`PKSampler` per file, concatenated)."""
+    from each data file in proportion to its share (a :class:`PKSampler` per file, concatenated); ``rays``
+    (N, 3) or None, for ``wide_pairs``."""
+
+    def sampler_of(rows: np.ndarray, count: int, seed: int) -> PKSampler:
+        wide = config.wide_pairs if rays is not None and torch.isfinite(rays[rows]).any() else 0.0
+        return PKSampler(labels[rows], count, config.views_per_identity, seed=seed,
+                         rays=None if wide == 0 else rays[rows], wide_share=wide)
+
     if config.mix is None:
-        sampler = PKSampler(labels[train_idx], config.identities_per_batch, config.views_per_identity,
-                            seed=config.seed)
+        sampler = sampler_of(train_idx, config.identities_per_batch, config.seed)
         return (train_idx[b] for b in sampler.batches(config.steps))
     shares = np.asarray(config.mix, np.float64) / sum(config.mix)
     counts = np.floor(shares * config.identities_per_batch).astype(int)
@@ -711,7 +729,7 @@ def _batches(labels: torch.Tensor, source: torch.Tensor, train_idx: np.ndarray, 
     for k, count in enumerate(counts):
         if count > 0:
             rows = train_idx[src == k]
-            sampler = PKSampler(labels[rows], int(count), config.views_per_identity, seed=config.seed * 100 + k)
+            sampler = sampler_of(rows, int(count), config.seed * 100 + k)
             streams.append((rows, sampler.batches(config.steps)))
     return (np.concatenate([rows[next(it)] for rows, it in streams]) for _ in range(config.steps))
 
@@ -723,7 +741,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m matcher.training.distill", description=main.__doc__)
     parser.add_argument("config", type=Path, help="distillation config (TOML)")
     parser.add_argument("--steps", type=int, help="override the number of steps")
-    parser.add_argument("--deadline", help="stop at this UTC time (HH:MM), keeping the best weights")
+    parser.add_argument("--deadline", help="stop at this UTC time (HH:MM, the next one after the start; a resumed "
+                                           "run keeps it), keeping the best weights")
     parser.add_argument("--threads", type=int, help="torch threads (default: the config's, 1)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     args = parser.parse_args(argv)

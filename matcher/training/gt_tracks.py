@@ -436,7 +436,8 @@ def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float 
 
     Returns:
         :class:`PatchSet` with ``labels`` = track, ``photo`` = view index, ``view`` = keypoint index (as
-        :func:`matcher.training.track_patches.patches_from_reconstruction`); at most ``max_views`` per track.
+        :func:`matcher.training.track_patches.patches_from_reconstruction`), ``rays`` (N, 3) from the track's
+        point to the view's camera centre; at most ``max_views`` per track.
     """
     rng = np.random.default_rng(seed)
     keep = np.ones(len(tracks.track), bool)
@@ -450,5 +451,9 @@ def tracks_to_patch_set(views: list[View], tracks: Tracks, magnification: float 
             kps = v.patch_keypoints.select(tracks.keypoint[rows])
             patches[rows] = extract_patches(v.gray, lafs_from_keypoints(kps, magnification))
     k = torch.from_numpy(keep)
+    centres = np.stack([v.centre for v in views])
+    rays = centres[tracks.view] - tracks.points[tracks.track]
+    rays /= np.linalg.norm(rays, axis=1, keepdims=True)
     return PatchSet(patches[k], torch.from_numpy(tracks.track[keep]), torch.from_numpy(tracks.view[keep]),
-                    torch.from_numpy(tracks.keypoint[keep]), tuple(v.name for v in views))
+                    torch.from_numpy(tracks.keypoint[keep]), tuple(v.name for v in views),
+                    rays=torch.from_numpy(rays[keep].astype(np.float32)))

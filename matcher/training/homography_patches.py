@@ -66,6 +66,9 @@ class PatchSet:
         view: (N,) int64, 0 for the source view, w >= 1 for the w-th warp.
         names: the photos, in the order given.
         magnification: the patch half-width in keypoint sigmas they were cut with, where known (0: not known).
+        rays: (N, 3) float32 unit vector from the identity's 3D point to the camera centre of the patch's view
+            (camera-track sets; the angle between two views of an identity is that of their rays), NaN where not
+            known; None for sets without cameras.
     """
 
     patches: torch.Tensor
@@ -74,6 +77,7 @@ class PatchSet:
     view: torch.Tensor
     names: tuple[str, ...]
     magnification: float = 0.0
+    rays: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -4,6 +4,10 @@ A HardNet-style batch is ``K = 2``: each identity (3D point) appears at most onc
 views, as in HardNet's and SDGMNet's generators (shared/docs/methods.md §1.1). With ``K > 2`` the same holds with
 K distinct views per identity (the P×K batches of DDTAS, §4.1).
 
+With ``rays`` and ``wide_share`` (camera-track sets), a share of each batch's identities shows its two views at
+the widest angle instead of two at random, so wide-baseline positives, rare among random pairs of a track, are
+seen more often.
+
 Everything is deterministic given ``seed`` (and the epoch, see :meth:`PKSampler.set_epoch`).
 """
 
@@ -42,6 +46,10 @@ class PKSampler:
         views_per_identity: K >= 2 (2 = HardNet-style batch).
         seed: seed of all draws.
         drop_last: drop the last, smaller batch of an epoch.
+        rays: (N, 3) unit ray of every sample from its identity's 3D point to its camera (NaN: not known), or None.
+        wide_share: with ``rays`` and ``K = 2``, the probability that an identity whose rays are all known
+            contributes its two views at the widest angle (0: always two at random, the draws of a sampler
+            without ``rays``).
 
     Example:
         >>> sampler = PKSampler(torch.tensor([0, 0, 1, 1, 2, 2]), identities_per_batch=2, seed=0)
@@ -56,7 +64,13 @@ class PKSampler:
         views_per_identity: int = 2,
         seed: int = 0,
         drop_last: bool = True,
+        rays: torch.Tensor | np.ndarray | None = None,
+        wide_share: float = 0.0,
     ) -> None:
+        if not 0.0 <= wide_share <= 1.0:
+            raise ValueError("wide_share must be in [0, 1]")
+        if wide_share > 0 and (rays is None or views_per_identity != 2):
+            raise ValueError("wide_share needs rays and views_per_identity = 2")
         if identities_per_batch < 1:
             raise ValueError("identities_per_batch must be >= 1")
         if views_per_identity < 2:
@@ -75,6 +89,13 @@ class PKSampler:
         self.num_skipped = int((~eligible).sum())
         if len(self.identities) == 0:
             raise ValueError(f"no identity has {self.K} or more views")
+        self.wide_share = float(wide_share)
+        self._widest = None if wide_share == 0 else _widest_pairs(self._members, np.asarray(rays, np.float64))
+
+    @property
+    def widest_pairs(self) -> np.ndarray | None:
+        """(identities, 2) sample indices of each identity's two views at the widest angle (-1: rays not known)."""
+        return self._widest
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation :meth:`__iter__` yields (like DistributedSampler)."""
@@ -87,15 +108,23 @@ class PKSampler:
     def _rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
 
-    def _batch(self, ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return np.concatenate([rng.choice(self._members[i], self.K, replace=False) for i in ids])
+    def _batch(self, ids: np.ndarray, rng: np.random.Generator, wide: np.ndarray | None = None) -> np.ndarray:
+        views = [rng.choice(self._members[i], self.K, replace=False) for i in ids]
+        if wide is not None:
+            for n, i in enumerate(ids):
+                if wide[n] and self._widest[i, 0] >= 0:
+                    views[n] = self._widest[i]
+        return np.concatenate(views)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         """Yield the batches of the current epoch as int64 index arrays of length P·K (the last may be shorter)."""
         rng = self._rng(self.epoch)
         perm = rng.permutation(len(self.identities))
+        wide_rng = np.random.default_rng([self.seed, self.epoch, 1])  # its own stream: wide_share = 0 draws as before
         for b in range(len(self)):
-            yield self._batch(perm[b * self.P : (b + 1) * self.P], rng)
+            ids = perm[b * self.P : (b + 1) * self.P]
+            wide = None if self._widest is None else wide_rng.random(len(ids)) < self.wide_share
+            yield self._batch(ids, rng, wide)
 
     def batches(self, num_batches: int, start_epoch: int = 0) -> Iterator[np.ndarray]:
         """Yield ``num_batches`` batches, running through as many epochs as needed (epochs ``start_epoch``, +1, ...)."""
@@ -108,6 +137,19 @@ class PKSampler:
                 if done == num_batches:
                     return
             epoch += 1
+
+
+def _widest_pairs(members: list[np.ndarray], rays: np.ndarray) -> np.ndarray:
+    """(len(members), 2) the two members of each group whose rays make the widest angle; -1 where a ray is NaN."""
+    out = np.full((len(members), 2), -1, np.int64)
+    for g, rows in enumerate(members):
+        r = rays[rows]
+        if not np.isfinite(r).all():
+            continue
+        cos = r @ r.T
+        a, b = np.unravel_index(np.argmin(cos), cos.shape)
+        out[g] = rows[a], rows[b]
+    return out
 
 
 def verification_pairs(

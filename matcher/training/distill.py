@@ -42,9 +42,9 @@ both (:func:`matcher.training.metrics.fpr_at_recall` on matching/non-matching pa
 
 Stoppable at any time: a checkpoint (student, optimiser, step, history) every ``checkpoint_every`` steps and the
 weights of the best validation so far in ``out`` (a normal weights file, usable with ``--model``). ``deadline``
-(UTC ``HH:MM``, the first such time after the run starts; a resumed run keeps it) ends the run by then: the cosine learning-rate decay follows the larger of the step share and the
-time share to the deadline (:class:`_Progress`), so on a busy machine the run ends with fewer steps but a fully
-decayed learning rate. Training stays in torch (optionally bfloat16 autocast; channels_last).
+(UTC ``HH:MM``, the first such time after the run starts; a resumed run keeps it) ends the run by then: the cosine
+learning-rate decay follows the larger of the step share and the time share to the deadline (:class:`_Progress`),
+so on a busy machine the run ends with fewer steps but a fully decayed learning rate. Training stays in torch (optionally bfloat16 autocast; channels_last).
 """
 
 from __future__ import annotations

@@ -50,6 +50,32 @@ def test_report_carries_hard_bin_metrics_before_and_after(tuned: tuple[Path, dic
     assert "FPR95 before -> after" in output and "mAP before -> after" in output and str(out) in output
     # by default the keypoints are linked by the clean track rule (chance alignments rejected), and the report says so
     assert report["settings"]["tracks"] == "clean" and "track rule clean" in output
+    # its training points carry their viewing rays (for --wide-pairs)
+    from matcher.training.datasets import load_patch_set
+
+    train_set = load_patch_set(out.with_name("tuned.work") / "train.h5")
+    assert train_set.rays is not None and train_set.rays.shape == (len(train_set), 3)
+
+
+def test_wide_pairs_reach_the_trainers_sampler() -> None:
+    """``--wide-pairs``: the trainer draws each point's two views at the widest angle where the data have rays."""
+    import torch
+
+    from matcher.errors import ConfigError
+    from matcher.training.finetune import FinetuneSettings
+    from matcher.training.homography_patches import PatchSet
+    from matcher.training.trainer import TrainConfig, _batches
+
+    labels = torch.arange(40).repeat_interleave(3)
+    angles = torch.tensor([0.0, 40.0, 10.0]).repeat(40).deg2rad()  # views 0 and 1 are the widest pair
+    rays = torch.stack([angles.cos(), angles.sin(), torch.zeros_like(angles)], 1)
+    data = PatchSet(torch.zeros(120, 1, 32, 32), labels, torch.zeros(120, dtype=torch.long), torch.arange(120),
+                    ("a.jpg",), 6.0, rays)
+    config = TrainConfig(steps=3, identities_per_batch=8, wide_pairs=1.0, seed=0)
+    for batch in _batches(config, [], None, data, np.arange(120), 0):  # type: ignore[arg-type]
+        assert (np.sort(batch.reshape(-1, 2) % 3, 1) == [0, 1]).all()
+    with pytest.raises(ConfigError, match="--wide-pairs 1.5"):
+        FinetuneSettings(wide_pairs=1.5).check()
 
 
 def test_unknown_track_rule_is_a_one_line_error() -> None:

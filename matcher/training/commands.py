@@ -179,12 +179,14 @@ FINETUNE_DEFAULTS = FinetuneSettings()
 @click.option("--tracks", type=click.Choice(sorted(TRACK_RULES)), default=FINETUNE_DEFAULTS.tracks,
               show_default=True, help="Track rule linking the keypoints (matcher.training.gt_tracks.TRACK_RULES): "
                                       "clean rejects chance alignments; published is the hard benchmark's first rule.")
+@click.option("--wide-pairs", type=float, default=FINETUNE_DEFAULTS.wide_pairs, show_default=True,
+              help="Share of each batch's 3D points shown at their two views of widest angle (0: two at random).")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
               help="SfM used to find the cameras when no --sparse is given.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars.")
 def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str | None, pipeline: str,
                      steps: int, batch: int, loss: str, lr: float, held_out: float, seed: int, tracks: str,
-                     mapper: str, quiet: bool) -> None:
+                     wide_pairs: float, mapper: str, quiet: bool) -> None:
     """Fine-tune SDGMNet on the scene in IMAGES; report hard-bin FPR95 and mAP before and after.
 
     \b
@@ -199,7 +201,7 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
 
     work = work or out.with_name(out.stem + ".work")
     settings = replace(FINETUNE_DEFAULTS, steps=steps, identities_per_batch=batch, loss=loss, lr=lr,
-                       held_out=held_out, seed=seed, tracks=tracks)
+                       held_out=held_out, seed=seed, tracks=tracks, wide_pairs=wide_pairs)
     try:
         report = finetune_scene(images, out, work, base, settings, pipeline=pipeline, sparse=sparse, mapper=mapper,
                                 progress=not quiet)

@@ -71,6 +71,8 @@ class FinetuneSettings:
         tracks: the track rule of :data:`~matcher.training.gt_tracks.TRACK_RULES` that links the keypoints:
             ``clean`` (default; its null test, bench/track_null.py, finds ~2 % chance-aligned positives on
             monstree's reconstructed cameras) or ``published`` (the hard benchmark's first rule: ~70-86 % there).
+        wide_pairs: the share of each batch's points shown at their two views of widest angle instead of two at
+            random (:class:`~matcher.training.sampler.PKSampler`'s ``wide_share``).
     """
 
     steps: int = 60
@@ -84,6 +86,7 @@ class FinetuneSettings:
     eval_views: int = 10
     seed: int = 0
     tracks: str = "clean"
+    wide_pairs: float = 0.0
 
     def check(self) -> None:
         """One-line ConfigErrors for values that cannot work."""
@@ -94,6 +97,8 @@ class FinetuneSettings:
                 raise ConfigError(f"finetune {name} = {getattr(self, name)}: must be at least 1")
         if self.eval_views < 2:
             raise ConfigError(f"finetune eval_views = {self.eval_views}: must be at least 2")
+        if not 0.0 <= self.wide_pairs <= 1.0:
+            raise ConfigError(f"--wide-pairs {self.wide_pairs}: must be a share between 0 and 1")
         if self.tracks not in TRACK_RULES:
             raise ConfigError(f"--tracks {self.tracks}: unknown track rule (one of {', '.join(sorted(TRACK_RULES))})")
 
@@ -297,7 +302,7 @@ def finetune_scene(
         steps=settings.steps, identities_per_batch=min(settings.identities_per_batch, train_set.num_identities),
         optimizer=settings.optimizer, lr=settings.lr, schedule=settings.schedule,  # type: ignore[arg-type]
         eval_every=settings.steps, checkpoint_every=max(1, settings.steps // 4), magnification=magnification,
-        seed=settings.seed,
+        seed=settings.seed, wide_pairs=settings.wide_pairs,
     )
     train(train_config, progress=progress)  # resumes from OUT's checkpoint if a run was cut off
     train_config.checkpoint_path().unlink(missing_ok=True)

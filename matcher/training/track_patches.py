@@ -112,6 +112,7 @@ def split_identities(patch_set: PatchSet, held_out_fraction: float, seed: int = 
 
     def subset(m: torch.Tensor) -> PatchSet:
         return PatchSet(patch_set.patches[m], patch_set.labels[m], patch_set.photo[m], patch_set.view[m],
-                        patch_set.names)
+                        patch_set.names, patch_set.magnification,
+                        None if patch_set.rays is None else patch_set.rays[m])
 
     return subset(~mask), subset(mask)

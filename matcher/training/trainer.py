@@ -83,6 +83,8 @@ class TrainConfig:
         otg: DDTAS's online threshold generator (loss "ddtas" only); ``otg_options`` its keyword arguments
         (``mode``, ``meta_lr``, ``threshold_lr``, ``lam_bounds``).
         steps: optimiser steps; ``identities_per_batch`` P and ``views_per_identity`` K (2 = HardNet batch).
+        wide_pairs: the share of identities drawn at their widest pair of views, where the training data have
+        viewing rays (camera-track sets; :class:`~matcher.training.sampler.PKSampler`'s ``wide_share``).
         optimizer: "sgd" (momentum 0.9, the SDGMNet recipe) or "adam"; ``lr``, ``weight_decay``.
         schedule: "halving" (halve the LR every 10% of the run, SDGMNet), "linear" (to 0, HardNet), "constant".
         augment: the SDGMNet augmentation (:mod:`matcher.training.augment`).
@@ -108,6 +110,7 @@ class TrainConfig:
     steps: int = 2000
     identities_per_batch: int = 256
     views_per_identity: int = 2
+    wide_pairs: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = 1.0
     weight_decay: float = 1e-4
@@ -126,6 +129,7 @@ class TrainConfig:
         "steps": at_least(1), "identities_per_batch": at_least(2), "views_per_identity": at_least(2),
         "lr": above(0.0), "weight_decay": at_least(0.0), "eval_every": at_least(1), "eval_pairs": at_least(2),
         "checkpoint_every": at_least(1), "meta_val_fraction": within(0.0, 1.0, open_ends=True),
+        "wide_pairs": within(0.0, 1.0),
         "magnification": (lambda v: v >= 0.0, "0 (the training data's) or a positive number of sigmas"),
     }
 
@@ -265,8 +269,10 @@ def _batches(config: TrainConfig, hooks: list[TrainingHook], model: SDGMNet, dat
             for batch in stream:
                 yield train_idx[batch]
             return
+    rays = data.rays[train_idx] if data.rays is not None else None
+    wide = config.wide_pairs if rays is not None and bool(torch.isfinite(rays).any()) else 0.0
     sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
-                        seed=config.seed)
+                        seed=config.seed, rays=rays if wide > 0 else None, wide_share=wide)
     for step, batch in enumerate(sampler.batches(config.steps)):
         if step >= start:
             yield train_idx[batch]

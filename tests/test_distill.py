@@ -130,6 +130,7 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     ("mix = [1.0, 2.0]", "mix needs one non-negative share per data file"),
     ("distill_sets = [3]", "distill_sets must list data file indices"),
     ("wide_pairs = 1.5", "wide_pairs = 1.5: must be between 0.0 and 1.0"),
+    ("wide_pairs = 0.5\nviews_per_identity = 3", "wide_pairs needs views_per_identity = 2"),
     ('extra_label_loss = "no_such_loss"', "unknown extra_label_loss 'no_such_loss'"),
     ("w_extra_label = 1.0", "w_extra_label need extra_label_loss"),
     ('extra_label_loss = "ddtas"\nextra_label_loss_options = { no_such_option = 1 }', "no_such_option"),

@@ -103,6 +103,7 @@ def test_sdgm_trains_on_smart_miner_batches(tiny_data: tuple[Path, Path], tmp_pa
     ('schedule = "cosine"', "must be one of halving, linear, constant"),
     ('loss = "hardnet"\n[loss_options]\nrefresh_every = 5', 'now miner = "smart" and [miner_options]'),
     ('otg = true', "the online threshold generator is DDTAS's"),
+    ("wide_pairs = 0.5\nviews_per_identity = 3", "wide_pairs needs views_per_identity = 2"),
 ])
 def test_training_config_errors_are_one_line(tmp_path: Path, line: str, message: str) -> None:
     config_path = tmp_path / "run.toml"

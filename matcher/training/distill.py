@@ -186,6 +186,8 @@ def load_distill_config(path: Path, overrides: dict[str, Any] | None = None) -> 
         raise ConfigError(f"{path}: mix needs one non-negative share per data file ({n}), not all zero")
     if config.neighbours is not None and len(config.neighbours) != n:
         raise ConfigError(f"{path}: neighbours needs one patch file (or \"\") per data file ({n})")
+    if config.wide_pairs > 0 and config.views_per_identity != 2:
+        raise ConfigError(f"{path}: wide_pairs needs views_per_identity = 2 (a pair of views per identity)")
     label_terms = [("label_loss", config.label_loss, config.label_loss_options)]
     if config.extra_label_loss is not None:
         label_terms.append(("extra_label_loss", config.extra_label_loss, config.extra_label_loss_options))

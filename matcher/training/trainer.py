@@ -227,11 +227,13 @@ _MOVED_OPTIONS = {
 
 
 def _check_hook_options(config: TrainConfig) -> None:
-    """One-line ConfigErrors for hook settings (and for loss options that moved to a hook)."""
+    """One-line ConfigErrors for hook and sampler settings (and for loss options that moved to a hook)."""
     moved = sorted(set(config.loss_options) & set(_MOVED_OPTIONS))
     if moved:
         raise ConfigError(f"loss_options {', '.join(moved)}: now {_MOVED_OPTIONS[moved[0]]} (miners and the OTG are "
                           "training hooks apart from the loss)")
+    if config.wide_pairs > 0 and config.views_per_identity != 2:
+        raise ConfigError("wide_pairs needs views_per_identity = 2 (a pair of views per identity)")
     if config.otg and config.loss != "ddtas":
         raise ConfigError(f"otg = true: the online threshold generator is DDTAS's, not for loss '{config.loss}'")
     for name, options, cls, implied in (("miner_options", config.miner_options, SmartMiner, ()),

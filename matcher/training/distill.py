@@ -716,9 +716,8 @@ def _batches(labels: torch.Tensor, source: torch.Tensor, train_idx: np.ndarray, 
     (N, 3) or None, for ``wide_pairs``."""
 
     def sampler_of(rows: np.ndarray, count: int, seed: int) -> PKSampler:
-        wide = config.wide_pairs if rays is not None and torch.isfinite(rays[rows]).any() else 0.0
-        return PKSampler(labels[rows], count, config.views_per_identity, seed=seed,
-                         rays=None if wide == 0 else rays[rows], wide_share=wide)
+        return PKSampler.where_rays_known(labels[rows], count, config.views_per_identity, seed,
+                                          None if rays is None else rays[rows], config.wide_pairs)
 
     if config.mix is None:
         sampler = sampler_of(train_idx, config.identities_per_batch, config.seed)

@@ -92,6 +92,15 @@ class PKSampler:
         self.wide_share = float(wide_share)
         self._widest = None if wide_share == 0 else _widest_pairs(self._members, np.asarray(rays, np.float64))
 
+    @classmethod
+    def where_rays_known(cls, labels: torch.Tensor | np.ndarray, identities_per_batch: int, views_per_identity: int,
+                         seed: int, rays: torch.Tensor | np.ndarray | None, wide_share: float) -> PKSampler:
+        """A sampler that applies ``wide_share`` only if some of ``rays`` (N, 3) are known: with ``rays`` None or
+        all NaN (e.g. homography sets) it is the plain sampler, whatever ``wide_share`` says."""
+        known = rays is not None and bool(np.isfinite(np.asarray(rays)).any())
+        return cls(labels, identities_per_batch, views_per_identity, seed=seed,
+                   rays=rays if known and wide_share > 0 else None, wide_share=wide_share if known else 0.0)
+
     @property
     def widest_pairs(self) -> np.ndarray | None:
         """(identities, 2) sample indices of each identity's two views at the widest angle (-1: rays not known)."""

@@ -271,10 +271,9 @@ def _batches(config: TrainConfig, hooks: list[TrainingHook], model: SDGMNet, dat
             for batch in stream:
                 yield train_idx[batch]
             return
-    rays = data.rays[train_idx] if data.rays is not None else None
-    wide = config.wide_pairs if rays is not None and bool(torch.isfinite(rays).any()) else 0.0
-    sampler = PKSampler(data.labels[train_idx], config.identities_per_batch, config.views_per_identity,
-                        seed=config.seed, rays=rays if wide > 0 else None, wide_share=wide)
+    sampler = PKSampler.where_rays_known(data.labels[train_idx], config.identities_per_batch,
+                                         config.views_per_identity, config.seed,
+                                         None if data.rays is None else data.rays[train_idx], config.wide_pairs)
     for step, batch in enumerate(sampler.batches(config.steps)):
         if step >= start:
             yield train_idx[batch]

@@ -131,6 +131,7 @@ def test_the_schedule_ends_at_the_deadline_or_the_last_step() -> None:
     ("distill_sets = [3]", "distill_sets must list data file indices"),
     ("wide_pairs = 1.5", "wide_pairs = 1.5: must be between 0.0 and 1.0"),
     ("wide_pairs = 0.5\nviews_per_identity = 3", "wide_pairs needs views_per_identity = 2"),
+    ('validation_views = "wide"', "validation_views = 'wide': must be one of first, widest"),
     ('extra_label_loss = "no_such_loss"', "unknown extra_label_loss 'no_such_loss'"),
     ("w_extra_label = 1.0", "w_extra_label need extra_label_loss"),
     ('extra_label_loss = "ddtas"\nextra_label_loss_options = { no_such_option = 1 }', "no_such_option"),
@@ -224,6 +225,31 @@ def test_wide_pairs_draw_the_widest_views_of_camera_track_rows_only() -> None:
     no_rays = list(_batches(labels, source, train_idx, DistillConfig(data=["a.h5", "b.h5"], out="x.pt", steps=5,
                                                                        identities_per_batch=20, mix=[0.5, 0.5])))
     assert all((a == b).all() for a, b in zip(plain, no_rays))  # wide_pairs = 0: the draws of before
+
+
+def test_widest_validation_views_are_the_widest_pair_where_rays_are_known() -> None:
+    """``validation_views = "widest"``: validation compares each identity's two views at the widest angle (checked
+    against a loop over all pairs); identities with an unknown ray keep their first two views."""
+    import itertools
+
+    import numpy as np
+
+    from matcher.training.distill import _two_views
+
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 30, (150,), generator=gen)
+    rays = torch.nn.functional.normalize(torch.randn(150, 3, generator=gen), dim=1)
+    rays[labels == 7] = float("nan")
+    first, second = _two_views(labels)
+    wide_a, wide_b = _two_views(labels, rays)
+    assert torch.equal(labels[wide_a], labels[first]) and torch.equal(labels[wide_b], labels[first])
+    for a, b, f, s in zip(wide_a.tolist(), wide_b.tolist(), first.tolist(), second.tolist()):
+        rows = np.flatnonzero(labels.numpy() == int(labels[f]))
+        if int(labels[f]) == 7:
+            assert (a, b) == (f, s)
+            continue
+        widest = min(float(rays[i] @ rays[j]) for i, j in itertools.combinations(rows, 2))
+        assert float(rays[a] @ rays[b]) == pytest.approx(widest, abs=1e-6) and a != b
 
 
 def test_rays_survive_saving_and_concatenation(tmp_path: Path) -> None:

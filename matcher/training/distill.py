@@ -30,6 +30,8 @@ every anchor's hardest in-batch negative below it (anchors: rows with a positive
 ``wide_pairs``: in the camera-track files that store viewing rays (``matcher dataset cameras``), this share of
 each batch's identities shows its two views at the widest angle instead of two at random
 (:class:`~matcher.training.sampler.PKSampler`'s ``wide_share``), for more wide-baseline positives.
+``validation_views = "widest"`` scores validation on those widest pairs too (where rays are known; elsewhere the
+first two views), so that ``select`` picks the checkpoint best at wide baselines.
 
 Spatial-neighbour negatives (``neighbours``, one patch file per data file or ""; built by
 :mod:`matcher.training.spatial_negatives`): for every camera-track row of a batch, ``spatial_negatives`` patches
@@ -72,7 +74,7 @@ from matcher.losses import LOSSES, check_loss_options, get_loss
 from matcher.training.augment import augment_batch
 from matcher.training.datasets import concat_patch_sets, load_patch_set
 from matcher.training.homography_patches import PatchSet
-from matcher.training.sampler import PKSampler
+from matcher.training.sampler import PKSampler, widest_pairs
 
 __all__ = ["DistillConfig", "load_distill_config", "distill", "distill_losses", "threshold_loss", "validate_student",
            "hardnet_with_negatives", "NeighbourIndex"]
@@ -112,6 +114,7 @@ class DistillConfig:
     distill_sets: list[int] | None = None
     validation_sets: list[int] | None = None
     select: Literal["cos", "fpr95"] = "cos"
+    validation_views: Literal["first", "widest"] = "first"
     neighbours: list[str] | None = None
     spatial_negatives: int = 0
     wide_pairs: float = 0.0
@@ -335,16 +338,18 @@ def _fpr95(desc: torch.Tensor, a: np.ndarray, b: np.ndarray, same: np.ndarray) -
     return float(fpr_at_recall(same, sim, 0.95))
 
 
-def validate_student(student: SDGMNet, teacher_desc: torch.Tensor, val: PatchSet, pairs: tuple) -> dict[str, float]:
+def validate_student(student: SDGMNet, teacher_desc: torch.Tensor, val: PatchSet, pairs: tuple,
+                     views: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
     """Agreement of the student with the teacher on the held-out slice (unaugmented patches).
 
     ``teacher_desc``: (N, 128) teacher descriptors of ``val.patches``; ``pairs``: (a, b, same) arrays of pair
-    indices into ``val`` with their match labels (for FPR95).
+    indices into ``val`` with their match labels (for FPR95); ``views``: the two views (M,), (M,) of each identity
+    compared by mutual nearest neighbours (default: :func:`_two_views`).
     """
     s = _describe(student, val.patches)
     cos = (s * teacher_desc).sum(1)
     # mutual nearest neighbours between view 0 and view 1 of each identity, student vs teacher
-    first, second = _two_views(val.labels)
+    first, second = _two_views(val.labels) if views is None else views
     nn_s = _mutual_nn(s[first], s[second])
     nn_t = _mutual_nn(teacher_desc[first], teacher_desc[second])
     agree = float((nn_s == nn_t)[nn_t >= 0].float().mean()) if bool((nn_t >= 0).any()) else float("nan")
@@ -355,13 +360,20 @@ def validate_student(student: SDGMNet, teacher_desc: torch.Tensor, val: PatchSet
             "mnn_correct_teacher": float((nn_t == torch.arange(len(first))).float().mean())}
 
 
-def _two_views(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the first two views of every identity: (M,), (M,)."""
+def _two_views(labels: torch.Tensor, rays: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of two views of every identity with at least two: (M,), (M,). The first two in row order, or, with
+    ``rays`` (N, 3), the two at the widest angle wherever all the identity's rays are known."""
     lab = labels.numpy()
     order = np.argsort(lab, kind="stable")
     uniq, starts, counts = np.unique(lab[order], return_index=True, return_counts=True)
     keep = counts >= 2
-    return torch.from_numpy(order[starts[keep]]), torch.from_numpy(order[starts[keep] + 1])
+    first, second = order[starts[keep]], order[starts[keep] + 1]
+    if rays is not None:
+        members = np.split(order, starts[1:])
+        widest = widest_pairs([m for m, k in zip(members, keep) if k], rays.numpy().astype(np.float64))
+        known = widest[:, 0] >= 0
+        first, second = np.where(known, widest[:, 0], first), np.where(known, widest[:, 1], second)
+    return torch.from_numpy(first), torch.from_numpy(second)
 
 
 def _mutual_nn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -383,10 +395,11 @@ def _split(data: PatchSet, n_val: int, seed: int, eligible: np.ndarray | None = 
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def _val_pairs(labels: torch.Tensor, seed: int, n: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Half matching pairs (two views of an identity), half random non-matching pairs: a, b, same (bool)."""
+def _val_pairs(labels: torch.Tensor, seed: int, views: tuple[torch.Tensor, torch.Tensor], n: int = 20000
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Half matching pairs (the two ``views`` of an identity), half random non-matching pairs: a, b, same (bool)."""
     rng = np.random.default_rng([seed, 11])
-    first, second = (t.numpy() for t in _two_views(labels))
+    first, second = (t.numpy() for t in views)
     k = min(n // 2, len(first))
     pick = rng.choice(len(first), k, replace=False)
     lab = labels.numpy()
@@ -449,17 +462,17 @@ def _load_neighbours(config: DistillConfig, label_offsets: list[int], photo_offs
     return torch.cat(patches), NeighbourIndex(np.concatenate(labels), np.concatenate(photo))
 
 
-def _spatial_validation(val: PatchSet, pairs: tuple, nb_patches: torch.Tensor, index: NeighbourIndex
-                        ) -> tuple[PatchSet, tuple]:
+def _spatial_validation(val: PatchSet, pairs: tuple, views: tuple[torch.Tensor, torch.Tensor],
+                        nb_patches: torch.Tensor, index: NeighbourIndex) -> tuple[PatchSet, tuple]:
     """``val`` with the neighbour patches of its rows appended (a label of their own each), and ``pairs`` with,
-    per positive (first, second view), the negatives (first, neighbour of second) and (second, neighbour of
-    first)."""
+    per positive (first, second of ``views``), the negatives (first, neighbour of second) and (second, neighbour
+    of first)."""
     rows, owner = index.lookup(val.labels.numpy(), val.photo.numpy())
     n = len(val)
     ext = PatchSet(torch.cat([val.patches, nb_patches[rows]]),
                    torch.cat([val.labels, -1 - torch.arange(rows.size, dtype=val.labels.dtype)]),
                    torch.cat([val.photo, val.photo[owner]]), torch.cat([val.view, val.view[owner]]), val.names)
-    first, second = (t.numpy() for t in _two_views(val.labels))
+    first, second = (t.numpy() for t in views)
     partner = np.full(n, -1)
     partner[first], partner[second] = second, first
     nb_row = n + np.arange(rows.size)
@@ -574,9 +587,11 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
     train_idx, val_idx = _split(data, config.validation_identities, config.seed, eligible)
     distill_mask = None if config.distill_sets is None else torch.isin(source, torch.tensor(config.distill_sets))
     val = PatchSet(data.patches[val_idx], data.labels[val_idx], data.photo[val_idx], data.view[val_idx], data.names)
-    pairs = _val_pairs(val.labels, config.seed)
+    val_views = _two_views(val.labels, data.rays[val_idx] if config.validation_views == "widest"
+                           and data.rays is not None else None)
+    pairs = _val_pairs(val.labels, config.seed, val_views)
     if neighbours is not None:
-        val, pairs = _spatial_validation(val, pairs, *neighbours)
+        val, pairs = _spatial_validation(val, pairs, val_views, *neighbours)
     teacher_val = _describe(teacher, val.patches)
 
     student = SDGMNet(drop_rate=config.drop_rate, channels=config.channels)
@@ -624,7 +639,7 @@ def distill(config: DistillConfig, resume: bool = True) -> dict[str, Any]:
 
     def evaluate(step: int) -> None:
         nonlocal best
-        record = {"step": step, **validate_student(student, teacher_val, val, pairs)}
+        record = {"step": step, **validate_student(student, teacher_val, val, pairs, val_views)}
         history.append(record)
         note(record)
         better = (record["cos_mean"] > best["cos_mean"] if config.select == "cos"

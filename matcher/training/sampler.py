@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["PKSampler", "verification_pairs"]
+__all__ = ["PKSampler", "verification_pairs", "widest_pairs"]
 
 
 def _as_numpy_labels(labels: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -90,7 +90,7 @@ class PKSampler:
         if len(self.identities) == 0:
             raise ValueError(f"no identity has {self.K} or more views")
         self.wide_share = float(wide_share)
-        self._widest = None if wide_share == 0 else _widest_pairs(self._members, np.asarray(rays, np.float64))
+        self._widest = None if wide_share == 0 else widest_pairs(self._members, np.asarray(rays, np.float64))
 
     @classmethod
     def where_rays_known(cls, labels: torch.Tensor | np.ndarray, identities_per_batch: int, views_per_identity: int,
@@ -148,7 +148,7 @@ class PKSampler:
             epoch += 1
 
 
-def _widest_pairs(members: list[np.ndarray], rays: np.ndarray) -> np.ndarray:
+def widest_pairs(members: list[np.ndarray], rays: np.ndarray) -> np.ndarray:
     """(len(members), 2) the two members of each group whose rays make the widest angle; -1 where a ray is NaN."""
     out = np.full((len(members), 2), -1, np.int64)
     for g, rows in enumerate(members):

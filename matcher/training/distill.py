@@ -46,7 +46,8 @@ Stoppable at any time: a checkpoint (student, optimiser, step, history) every ``
 weights of the best validation so far in ``out`` (a normal weights file, usable with ``--model``). ``deadline``
 (UTC ``HH:MM``, the first such time after the run starts; a resumed run keeps it) ends the run by then: the cosine
 learning-rate decay follows the larger of the step share and the time share to the deadline (:class:`_Progress`),
-so on a busy machine the run ends with fewer steps but a fully decayed learning rate. Training stays in torch (optionally bfloat16 autocast; channels_last).
+so on a busy machine the run ends with fewer steps but a fully decayed learning rate. Training stays in torch
+(optionally bfloat16 autocast; channels_last).
 """
 
 from __future__ import annotations
@@ -369,8 +370,8 @@ def _two_views(labels: torch.Tensor, rays: torch.Tensor | None = None) -> tuple[
     keep = counts >= 2
     first, second = order[starts[keep]], order[starts[keep] + 1]
     if rays is not None:
-        members = np.split(order, starts[1:])
-        widest = widest_pairs([m for m, k in zip(members, keep) if k], rays.numpy().astype(np.float64))
+        groups = [m for m, k in zip(np.split(order, starts[1:]), keep) if k]
+        widest = widest_pairs(groups, rays.numpy().astype(np.float64))
         known = widest[:, 0] >= 0
         first, second = np.where(known, widest[:, 0], first), np.where(known, widest[:, 1], second)
     return torch.from_numpy(first), torch.from_numpy(second)

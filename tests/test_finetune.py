@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tuned(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
-    """One fine-tuning run on the four 400x267 photos: 3 steps of 32 points, the OpenVINO cache in a temp dir."""
+    """One fine-tuning run on the four 400x267 photos: 3 steps of 32 points without augmentation, the OpenVINO
+    cache in a temp dir."""
     folder = tmp_path_factory.mktemp("finetune")
     preset = folder / "small.toml"
     preset.write_text("[detection]\nmax_keypoints = 1024\n")
@@ -28,7 +29,7 @@ def tuned(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MATCHER_CACHE_DIR", str(folder / "cache"))
         result = CliRunner().invoke(main, ["finetune", str(tiny), "--out", str(out), "--pipeline", str(preset),
-                                           "--steps", "3", "--batch", "32", "-q"])
+                                           "--steps", "3", "--batch", "32", "--no-augment", "-q"])
     assert result.exit_code == 0, result.output
     return out, json.loads((folder / "tuned.work" / "finetune.json").read_text()), result.output
 
@@ -55,6 +56,18 @@ def test_report_carries_hard_bin_metrics_before_and_after(tuned: tuple[Path, dic
 
     train_set = load_patch_set(out.with_name("tuned.work") / "train.h5")
     assert train_set.rays is not None and train_set.rays.shape == (len(train_set), 3)
+
+
+def test_augmentation_setting_reaches_the_trainer(tuned: tuple[Path, dict, str]) -> None:
+    """``--no-augment`` (the fixture's) reaches the trainer: the report's settings and the weights record it (the
+    trainer's own default is to augment)."""
+    from matcher.descriptors import load_sdgmnet
+    from matcher.training.trainer import TrainConfig
+
+    out, report, _ = tuned
+    _, meta = load_sdgmnet(str(out))
+    assert TrainConfig().augment is True
+    assert report["settings"]["augment"] is False and meta["augment"] is False
 
 
 def test_wide_pairs_reach_the_trainers_sampler() -> None:

@@ -181,12 +181,14 @@ FINETUNE_DEFAULTS = FinetuneSettings()
                                       "clean rejects chance alignments; published is the hard benchmark's first rule.")
 @click.option("--wide-pairs", type=float, default=FINETUNE_DEFAULTS.wide_pairs, show_default=True,
               help="Share of each batch's 3D points shown at their two views of widest angle (0: two at random).")
+@click.option("--augment/--no-augment", default=FINETUNE_DEFAULTS.augment, show_default=True,
+              help="The SDGMNet patch augmentation (shared rot90 and flip per point, small similarity per patch).")
 @click.option("--mapper", type=click.Choice(["incremental", "global"]), default="incremental", show_default=True,
               help="SfM used to find the cameras when no --sparse is given.")
 @click.option("-q", "--quiet", is_flag=True, default=False, help="No progress bars.")
 def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | None, base: str | None, pipeline: str,
                      steps: int, batch: int, loss: str, lr: float, held_out: float, seed: int, tracks: str,
-                     wide_pairs: float, mapper: str, quiet: bool) -> None:
+                     wide_pairs: float, augment: bool, mapper: str, quiet: bool) -> None:
     """Fine-tune SDGMNet on the scene in IMAGES; report hard-bin FPR95 and mAP before and after.
 
     \b
@@ -201,7 +203,7 @@ def finetune_command(images: Path, out: Path, sparse: Path | None, work: Path | 
 
     work = work or out.with_name(out.stem + ".work")
     settings = replace(FINETUNE_DEFAULTS, steps=steps, identities_per_batch=batch, loss=loss, lr=lr,
-                       held_out=held_out, seed=seed, tracks=tracks, wide_pairs=wide_pairs)
+                       held_out=held_out, seed=seed, tracks=tracks, wide_pairs=wide_pairs, augment=augment)
     try:
         report = finetune_scene(images, out, work, base, settings, pipeline=pipeline, sparse=sparse, mapper=mapper,
                                 progress=not quiet)

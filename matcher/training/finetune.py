@@ -73,6 +73,8 @@ class FinetuneSettings:
             monstree's reconstructed cameras) or ``published`` (the hard benchmark's first rule: ~70-86 % there).
         wide_pairs: the share of each batch's points shown at their two views of widest angle instead of two at
             random (:class:`~matcher.training.sampler.PKSampler`'s ``wide_share``; 0: all at random).
+        augment: the trainer's patch augmentation (:mod:`matcher.training.augment`: a random rot90 and flip shared
+            by each point's views, a small similarity per patch).
     """
 
     steps: int = 60
@@ -87,6 +89,7 @@ class FinetuneSettings:
     seed: int = 0
     tracks: str = "clean"
     wide_pairs: float = 0.75  # monstree, 2026-12-02: held-out FPR95 after 57.0 % against 58.7 % at 0 (docs/eval.md)
+    augment: bool = True
 
     def check(self) -> None:
         """One-line ConfigErrors for values that cannot work."""
@@ -302,7 +305,7 @@ def finetune_scene(
         steps=settings.steps, identities_per_batch=min(settings.identities_per_batch, train_set.num_identities),
         optimizer=settings.optimizer, lr=settings.lr, schedule=settings.schedule,  # type: ignore[arg-type]
         eval_every=settings.steps, checkpoint_every=max(1, settings.steps // 4), magnification=magnification,
-        seed=settings.seed, wide_pairs=settings.wide_pairs,
+        seed=settings.seed, wide_pairs=settings.wide_pairs, augment=settings.augment,
     )
     train(train_config, progress=progress)  # resumes from OUT's checkpoint if a run was cut off
     train_config.checkpoint_path().unlink(missing_ok=True)

@@ -294,6 +294,7 @@ def _metadata(config: TrainConfig, history: list[dict[str, float]], step: int,
         "heldout": [Path(p).name for p in config.heldout],
         "magnification": config.magnification or data_magnification or DEFAULT_MAGNIFICATION,
         "seed": config.seed,
+        "augment": config.augment,
         "history": history,
         "init": config.init,
     }

@@ -79,7 +79,7 @@ class FinetuneSettings:
 
     steps: int = 60
     identities_per_batch: int = 128
-    loss: str = "sdgm"
+    loss: str = "hardnet"  # 2026-12-02, with augment off: lowest held-out FPR95 on monstree and entry-P10 (docs/eval.md)
     optimizer: str = "adam"
     lr: float = 3e-4
     schedule: str = "linear"
@@ -89,7 +89,7 @@ class FinetuneSettings:
     seed: int = 0
     tracks: str = "clean"
     wide_pairs: float = 0.75  # monstree, 2026-12-02: held-out FPR95 after 57.0 % against 58.7 % at 0 (docs/eval.md)
-    augment: bool = True
+    augment: bool = False  # the patches are already oriented by the detector, as in the shipped distillation
 
     def check(self) -> None:
         """One-line ConfigErrors for values that cannot work."""
